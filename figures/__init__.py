@@ -1,0 +1,1 @@
+"""ldfa.figures: experiments and plots that regenerate the paper's figures."""

@@ -1,0 +1,1 @@
+"""ldfa.sim: torch training of real networks with every feedback rule (issue 3)."""

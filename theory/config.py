@@ -1,0 +1,117 @@
+"""One configuration of the linear teacher-student problem, validated before any compute."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ldfa.errors import ConfigError
+
+from .rules import P_RULES, PRESETS, Q_RULES, get_rule
+
+
+@dataclass(frozen=True)
+class TheoryConfig:
+    """A deep linear student W_L ⋯ W_1 learning a teacher W* = U diag(spectrum) Vᵀ.
+
+    Inputs are whitened; the teacher's output noise has covariance noise² I.
+    ``init_scale`` sets the initial weights: ``random`` draws W_l with entries
+    N(0, init_scale² / n_{l-1}); ``aligned`` starts every layer in the teacher's modes
+    with strength init_scale (u_0 = init_scale^L). Times are in units of τ (= 1/η).
+    ``tau_b``, ``tau_p``, ``tau_q`` are the timescales of the rule's own matrices.
+    ``t_max=None`` picks 3x the backprop learning time of the weakest mode.
+    """
+
+    rule: str = "bp"
+    p_rule: str | None = None
+    q_rule: str | None = None
+    direct: bool = False
+    layers: int = 2
+    n_in: int = 100
+    hidden: int = 100
+    n_out: int = 10
+    rank: int | None = None
+    spectrum: tuple = (5.0, 4.0, 3.0, 2.0, 1.0)
+    noise: float = 0.0
+    init: str = "random"
+    init_scale: float = 1e-3
+    tau: float = 1.0
+    tau_b: float = 1.0
+    tau_p: float = 0.1
+    tau_q: float = 1.0
+    weight_decay: float = 0.0
+    t_max: float | None = None
+    n_points: int = 201
+    seed: int = 0
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "spectrum", tuple(float(x) for x in self.spectrum))
+        validate(self)
+
+    @property
+    def is_ld(self) -> bool:
+        return self.rule == "ld" or self.rule in PRESETS
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.n_in] + [self.hidden] * (self.layers - 1) + [self.n_out]
+
+    @property
+    def t_end(self) -> float:
+        if self.t_max is not None:
+            return self.t_max
+        s_min = min(self.spectrum)
+        u0 = self.init_scale ** self.layers if self.init == "aligned" else self.init_scale**2
+        u0 = min(u0, s_min / 2)
+        return 3 * self.tau / (2 * s_min) * math.log(s_min / u0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _positive(name, value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}={value!r}: must be a positive number")
+
+
+def validate(c: TheoryConfig) -> None:
+    """Raise ConfigError with one line naming the first bad value and what is allowed."""
+    get_rule(c.rule, p_rule=c.p_rule, q_rule=c.q_rule, direct=c.direct)  # names
+    if c.p_rule is not None and c.p_rule not in P_RULES:
+        raise ConfigError(f"unknown p_rule {c.p_rule!r}; allowed: {', '.join(P_RULES)}")
+    if c.q_rule is not None and c.q_rule not in Q_RULES:
+        raise ConfigError(f"unknown q_rule {c.q_rule!r}; allowed: {', '.join(Q_RULES)}")
+    if not isinstance(c.layers, int) or c.layers < 2:
+        raise ConfigError(f"layers={c.layers!r}: must be an integer >= 2")
+    for name in ("n_in", "hidden", "n_out", "n_points"):
+        v = getattr(c, name)
+        if not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name}={v!r}: must be a positive integer")
+    for name in ("tau", "tau_b", "tau_p", "tau_q", "init_scale", "rtol", "atol"):
+        _positive(name, getattr(c, name))
+    if c.t_max is not None:
+        _positive("t_max", c.t_max)
+    if c.noise < 0 or c.weight_decay < 0:
+        raise ConfigError(f"noise={c.noise}, weight_decay={c.weight_decay}: must be >= 0")
+    if c.init not in ("random", "aligned"):
+        raise ConfigError(f"init={c.init!r}; allowed: random, aligned")
+    k = len(c.spectrum)
+    if k < 1 or any(s <= 0 for s in c.spectrum):
+        raise ConfigError(f"spectrum={list(c.spectrum)}: need at least one singular value, all > 0")
+    if k > min(c.n_in, c.n_out):
+        raise ConfigError(f"spectrum has {k} modes but the teacher is {c.n_out} x {c.n_in}: "
+                          f"at most {min(c.n_in, c.n_out)} modes")
+    if c.init == "aligned" and k > c.hidden:
+        raise ConfigError(f"init='aligned' needs hidden >= number of modes ({k}), got {c.hidden}")
+    if c.is_ld:
+        if c.rank is None:
+            raise ConfigError("rule ld needs a rank r (--rank), an integer in 1..d")
+        if not isinstance(c.rank, int) or not 1 <= c.rank <= c.n_out:
+            raise ConfigError(f"rank r={c.rank!r}: must be an integer with 1 <= r <= d = {c.n_out}")
+        if c.rank > c.hidden:
+            raise ConfigError(f"rank r={c.rank} exceeds the hidden width {c.hidden}")
+    elif c.rank is not None:
+        raise ConfigError(f"rank r={c.rank} applies to ld rules only, not to {c.rule!r}")
