@@ -10,6 +10,9 @@ from ldfa.errors import ConfigError
 from .rules import P_RULES, PRESETS, Q_RULES, get_rule
 
 
+INITS = ("random", "aligned", "first-zero")
+
+
 @dataclass(frozen=True)
 class TheoryConfig:
     """A deep linear student W_L ⋯ W_1 learning a teacher W* = U diag(spectrum) Vᵀ.
@@ -17,7 +20,8 @@ class TheoryConfig:
     Inputs are whitened; the teacher's output noise has covariance noise² I.
     ``init_scale`` sets the initial weights: ``random`` draws W_l with entries
     N(0, init_scale² / n_{l-1}); ``aligned`` starts every layer in the teacher's modes
-    with strength init_scale (u_0 = init_scale^L). Times are in units of τ (= 1/η).
+    with strength init_scale (u_0 = init_scale^L); ``first-zero`` is ``random`` with
+    W_1 = 0, so that W_1 stays in the span of the feedback. Times are in units of τ (= 1/η).
     ``tau_b``, ``tau_p``, ``tau_q`` are the timescales of the rule's own matrices.
     ``t_max=None`` picks 3x the backprop learning time of the weakest mode.
     """
@@ -63,10 +67,11 @@ class TheoryConfig:
     def t_end(self) -> float:
         if self.t_max is not None:
             return self.t_max
+        from .predictions import deep_learning_time
+
         s_min = min(self.spectrum)
-        u0 = self.init_scale ** self.layers if self.init == "aligned" else self.init_scale**2
-        u0 = min(u0, s_min / 2)
-        return 3 * self.tau / (2 * s_min) * math.log(s_min / u0)
+        u0 = min(self.init_scale**self.layers, s_min / 4)
+        return 3 * deep_learning_time(s_min, u0, self.layers, self.tau)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,8 +101,8 @@ def validate(c: TheoryConfig) -> None:
         _positive("t_max", c.t_max)
     if c.noise < 0 or c.weight_decay < 0:
         raise ConfigError(f"noise={c.noise}, weight_decay={c.weight_decay}: must be >= 0")
-    if c.init not in ("random", "aligned"):
-        raise ConfigError(f"init={c.init!r}; allowed: random, aligned")
+    if c.init not in INITS:
+        raise ConfigError(f"init={c.init!r}; allowed: {', '.join(INITS)}")
     k = len(c.spectrum)
     if k < 1 or any(s <= 0 for s in c.spectrum):
         raise ConfigError(f"spectrum={list(c.spectrum)}: need at least one singular value, all > 0")

@@ -14,7 +14,7 @@ from scipy.integrate import solve_ivp
 from .config import TheoryConfig
 from .derive import derive
 from .modes import reduce_to_modes
-from .rules import get_rule
+from .rules import TopSubspace, get_rule
 from .trajectory import Trajectory
 
 
@@ -79,6 +79,10 @@ class MatrixSystem:
         self._P = {l: sp.lambdify(args, sub(P), _MODULES) for l, P in self._compressors().items()}
         self.Sigma = cfg.noise**2 * np.eye(cfg.n_out)
         self.sizes = [int(np.prod(self.shapes[X])) for X in self.state]
+        # top_r(C) switches (and chatters while eigenvalues of C cross); a low-order
+        # method steps through that far more cheaply than DOP853
+        switching = any(isinstance(v, TopSubspace) for v in ode.algebraic.values())
+        self.method = "RK45" if switching else "DOP853"
 
     def _compressors(self) -> dict:
         """crossing l -> the P matrix used there (state, fixed or algebraic)."""
@@ -105,6 +109,8 @@ class MatrixSystem:
         else:
             for l, W in enumerate(self.ode.weights, start=1):
                 mats[W] = rng.standard_normal(self.shapes[W]) * cfg.init_scale / np.sqrt(widths[l - 1])
+            if cfg.init == "first-zero":
+                mats[self.ode.weights[0]] = np.zeros(self.shapes[self.ode.weights[0]])
         fixed = []
         for X in [*self.state, *self.fixed]:
             if X in mats:
@@ -198,7 +204,7 @@ def integrate(cfg: TheoryConfig, t_eval=None, y0=None) -> Trajectory:
     t_end = cfg.t_end
     t_eval = np.linspace(0.0, t_end, cfg.n_points) if t_eval is None else np.asarray(t_eval)
     sol = solve_ivp(sysm.rhs(fixed), (0.0, float(t_eval[-1])), y0, t_eval=t_eval,
-                    method="DOP853", rtol=cfg.rtol, atol=cfg.atol)
+                    method=sysm.method, rtol=cfg.rtol, atol=cfg.atol)
     if not sol.success:
         raise RuntimeError(f"integration failed: {sol.message}")
     rows = [sysm.measures(sol.y[:, i], fixed) for i in range(sol.y.shape[1])]
@@ -283,8 +289,11 @@ def integrate_modes(cfg: TheoryConfig, t_eval=None, init: dict | None = None) ->
     mi = ModeIntegrator(cfg)
     y0, fixed = mi.initial(init)
     t_eval = np.linspace(0.0, cfg.t_end, cfg.n_points) if t_eval is None else np.asarray(t_eval)
+    # With svd selections the right-hand side switches (and chatters while two modes'
+    # residuals are equal); a low-order method steps through that far more cheaply.
+    method = "RK45" if mi.chis else "DOP853"
     sol = solve_ivp(mi.rhs(fixed), (0.0, float(t_eval[-1])), y0, t_eval=t_eval,
-                    method="DOP853", rtol=cfg.rtol, atol=cfg.atol)
+                    method=method, rtol=cfg.rtol, atol=cfg.atol)
     if not sol.success:
         raise RuntimeError(f"integration failed: {sol.message}")
     nv = len(mi.vars)

@@ -166,7 +166,7 @@ def ld_rule(p_rule: str = "oja", q_rule: str = "aligned", direct: bool = False) 
     P, Q = P_RULES[p_rule], Q_RULES[q_rule]
     if direct and (P.needs_dW or Q.needs_dW):
         raise ConfigError(f"p_rule {p_rule!r} / q_rule {q_rule!r}: kp needs layerwise feedback "
-                          "(it uses the update of the weight above); use --layerwise")
+                          "(it uses the update of the weight above); drop --direct")
     return FeedbackRule(
         name=f"ld[{p_rule},{q_rule}]" + ("-direct" if direct else ""),
         description=f"low-dimensional feedback B = Q P, p_rule {p_rule}, q_rule {q_rule}",

@@ -1,0 +1,172 @@
+"""The linear-theory predictions of SPEC section 3 (items 1-6), as functions.
+
+Closed forms where one exists, numerical integration of the derived ODEs otherwise.
+Times are in units of τ = 1/η (so a simulation with learning rate η maps to t = steps·η).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+from scipy.integrate import quad
+
+from ldfa.errors import ConfigError
+
+from .config import TheoryConfig
+from .integrate import integrate, integrate_modes
+from .trajectory import Trajectory
+
+
+def _check_mode(s, u0, frac):
+    if not s > 0:
+        raise ConfigError(f"singular value s={s}: must be > 0")
+    if not 0 < u0 < s:
+        raise ConfigError(f"initial strength u0={u0}: must satisfy 0 < u0 < s = {s}")
+    if not 0 < frac < 1:
+        raise ConfigError(f"frac={frac}: must lie in (0, 1)")
+
+
+# -- item 1: backprop, balanced small init (Saxe et al. 2014) ---------------------------
+
+def saxe_mode_strength(t, s, u0, tau=1.0):
+    """u(t) = s e^{2st/τ} / (e^{2st/τ} - 1 + s/u0), the solution of τ du/dt = 2u(s - u)."""
+    t = np.asarray(t, float)
+    x = np.exp(-2 * s * t / tau)  # written with e^{-2st/τ} so it never overflows
+    return s / (1 - x + x * s / u0)
+
+
+def bp_learning_time(s, u0, tau=1.0, frac=0.5):
+    """Time for u to reach frac·s from u0 under bp: t = τ/(2s) ln[frac (s - u0) / ((1-frac) u0)]."""
+    _check_mode(s, u0, frac)
+    return tau / (2 * s) * math.log(frac * (s - u0) / ((1 - frac) * u0))
+
+
+# -- item 6: depth and init scale ---------------------------------------------------------
+
+def deep_mode_rate(u, s, n_layers):
+    """τ du/dt = N u^{2-2/N} (s - u) for N weight layers, balanced start (N = N_l - 1)."""
+    return n_layers * u ** (2 - 2 / n_layers) * (s - u)
+
+
+def lambda_balanced_rate(u, s, lam):
+    """τ du/dt = √(λ² + 4u²) (s - u) for W_2ᵀW_2 - W_1W_1ᵀ = λI (two layers)."""
+    return np.sqrt(lam**2 + 4 * u**2) * (s - u)
+
+
+def learning_time(rate, s, u0, tau=1.0, frac=0.5):
+    """t = τ ∫_{u0}^{frac·s} du / rate(u): the time a mode with τ du/dt = rate(u) needs."""
+    _check_mode(s, u0, frac)
+    # in x = ln u (dt = u du/rate): smooth even when u0 is many decades below s
+    val, _ = quad(lambda x: math.exp(x) / rate(math.exp(x)), math.log(u0), math.log(frac * s),
+                  limit=200, epsabs=0.0, epsrel=1e-10)
+    return tau * val
+
+
+def deep_learning_time(s, u0, n_layers, tau=1.0, frac=0.5):
+    """Learning time of a mode in a balanced deep linear net with N weight layers."""
+    if n_layers == 2:
+        return bp_learning_time(s, u0, tau, frac)
+    return learning_time(lambda u: deep_mode_rate(u, s, n_layers), s, u0, tau, frac)
+
+
+def lambda_balanced_learning_time(s, u0, lam, tau=1.0, frac=0.5):
+    """Learning time under λ-balance: λ → 0 is the rich (sigmoidal) regime, with
+    t ≈ τ/(2s) ln(s/u0); |λ| ≫ s is the lazy (exponential) regime, t ≈ τ/|λ| ln 2."""
+    return learning_time(lambda u: lambda_balanced_rate(u, s, lam), s, u0, tau, frac)
+
+
+def regime(s, lam) -> str:
+    """'lazy' when the imbalance |λ| exceeds the mode strength s, 'rich' otherwise."""
+    return "lazy" if abs(lam) > s else "rich"
+
+
+# -- items 3 and 8: fixed feedback of low rank -----------------------------------------
+
+def fixed_feedback_plateau(Wstar, B, noise=0.0):
+    """Limit loss of a 2-layer net with fixed feedback B (fa, or ld with fixed P, Q), W1(0) = 0.
+
+    W1 moves only in span(B), so at the fixed point B E = 0 and E W1ᵀ = 0. With R an
+    orthonormal basis of B's row space (R = P for B = QP), the learned map is
+    W* Π, Π the projector onto span(W*ᵀ Rᵀ), and the loss is
+        ½ ‖W* (I - Π)‖²_F + ½ σ² d.
+    It is 0 iff rank(R W*) = rank W* (Garg & Vempala 2022: enough feedback rank); for
+    P spanning the top-r left singular vectors it is Eckart-Young's ½ Σ_{α>r} s_α².
+    """
+    Wstar, B = np.asarray(Wstar, float), np.asarray(B, float)
+    reach = reachable_map(Wstar, B)
+    d = Wstar.shape[0]
+    return 0.5 * float(np.sum((Wstar - reach) ** 2)) + 0.5 * noise**2 * d
+
+
+def reachable_map(Wstar, B):
+    """W* Π: the map a 2-layer net reaches from W1(0) = 0 with fixed feedback B."""
+    U, sv, _ = np.linalg.svd(np.asarray(B, float).T, full_matrices=False)
+    R = U[:, sv > 1e-10 * sv.max()].T  # orthonormal basis of B's row space (in output space)
+    M = np.asarray(Wstar) .T @ R.T  # n_in x r, spans the reachable input directions
+    Qm, sm, _ = np.linalg.svd(M, full_matrices=False)
+    Qm = Qm[:, sm > 1e-10 * max(sm.max(), 1e-300)]
+    return Wstar @ Qm @ Qm.T
+
+
+# -- item 2: full-rank feedback alignment -------------------------------------------------
+
+def fa_prediction(cfg: TheoryConfig) -> dict:
+    """Full-rank fa learns W*: the loss goes to ½σ²d, the angle ∠(B, W2ᵀ) falls below 90°,
+    and B W2 + W2ᵀ Bᵀ - W1 W1ᵀ keeps its initial value (conserved, SPEC item 7)."""
+    if cfg.rule != "fa":
+        raise ConfigError(f"fa_prediction needs rule 'fa', got {cfg.rule!r}")
+    return {"final_loss": 0.5 * cfg.noise**2 * cfg.n_out, "angle_below": 90.0}
+
+
+# -- item 4: adapting P recovers backprop ------------------------------------------------
+
+def adapting_p_prediction(cfg: TheoryConfig) -> Trajectory:
+    """ld with adapting P (oja, svd) and aligned Q with r >= rank W*: the bp trajectory.
+
+    With P spanning the error, Q P δ = Wᵀ Pᵀ P δ = Wᵀ δ, so the prediction is bp's
+    trajectory from the same initial weights.
+    """
+    if cfg.rank is None or cfg.rank < len(cfg.spectrum):
+        raise ConfigError(f"rank r={cfg.rank}: the prediction needs r >= rank W* = "
+                          f"{len(cfg.spectrum)}")
+    return integrate(replace(cfg, rule="bp", p_rule=None, q_rule=None, rank=None, direct=False))
+
+
+# -- item 5: r < rank W*: modes learned in sequence --------------------------------------
+
+def crossing_time(t, u, target):
+    """First time u(t) reaches ``target`` (linear interpolation); NaN if it never does."""
+    t, u = np.asarray(t), np.asarray(u)
+    hit = np.nonzero(u >= target)[0]
+    if len(hit) == 0:
+        return float("nan")
+    i = hit[0]
+    if i == 0:
+        return float(t[0])
+    return float(t[i - 1] + (target - u[i - 1]) * (t[i] - t[i - 1]) / (u[i] - u[i - 1]))
+
+
+def mode_learning_times(spectrum, rank, init_scale=1e-3, tau=1.0, frac=0.5, noise=0.0,
+                        layers=2, t_max=None, n_points=4001) -> np.ndarray:
+    """Time each teacher mode needs to reach frac·s_α when P tracks the top-r error
+    directions (p_rule svd, q_rule aligned), from balanced aligned init a_l = init_scale.
+
+    Numerical: integrates the derived per-mode ODEs, where a mode receives feedback only
+    while its residual power (s_α - u_α)² + σ² is among the r largest. For r >= the
+    number of modes this is bp: t_α = τ/(2 s_α) ln[frac (s_α - u0)/((1-frac) u0)].
+    """
+    spectrum = tuple(float(x) for x in spectrum)
+    cfg = TheoryConfig(rule="ld", p_rule="svd", q_rule="aligned", rank=rank,
+                       n_out=max(len(spectrum), rank), n_in=len(spectrum),
+                       hidden=max(len(spectrum), rank), spectrum=spectrum, noise=noise,
+                       layers=layers, init="aligned", init_scale=init_scale, tau=tau,
+                       t_max=t_max, n_points=n_points, rtol=1e-7, atol=1e-10)
+    if t_max is None:
+        u0 = init_scale**layers
+        slowest = deep_learning_time(min(spectrum), u0, layers, tau, frac)
+        cfg = replace(cfg, t_max=slowest * (2 + math.ceil(len(spectrum) / rank)) * 2)
+    traj = integrate_modes(cfg)
+    return np.array([crossing_time(traj.t, traj[f"mode_{a + 1}"], frac * s)
+                     for a, s in enumerate(spectrum)])
