@@ -309,3 +309,19 @@ def integrate_modes(cfg: TheoryConfig, t_eval=None, init: dict | None = None) ->
             for a in range(mi.k):
                 series[f"{x.name}_mode_{a + 1}"] = parts[j, a]
     return Trajectory(sol.t, series, cfg.to_dict(), kind="modes")
+
+
+def integrate_oja(C: np.ndarray, P0: np.ndarray, t_max: float, tau_p: float = 1.0,
+                  rtol: float = 1e-10, atol: float = 1e-12) -> np.ndarray:
+    """P(t_max) under the derived oja flow τ_P dP/dt = P C - P C Pᵀ P with C held fixed.
+
+    Its rows converge to an orthonormal basis of the top-r eigenvectors of C.
+    """
+    ode = derive(get_rule("ld", p_rule="oja", q_rule="fixed"))
+    P = next(X for X in ode.flows if X.name.startswith("P"))
+    Csym = next(X for X in ode.definitions if X.name.startswith("C"))
+    flow = sp.lambdify([P, Csym], ode.flows[P], "numpy")
+    shape = P0.shape
+    sol = solve_ivp(lambda t, y: np.ravel(flow(y.reshape(shape), C)) / tau_p, (0.0, t_max),
+                    P0.ravel(), method="DOP853", rtol=rtol, atol=atol)
+    return sol.y[:, -1].reshape(shape)
