@@ -1,4 +1,4 @@
-"""The `ldfa` command line: `ldfa derive`, `ldfa theory`.
+"""The `ldfa` command line: `ldfa derive`, `ldfa theory`, `ldfa figures`.
 
 Every configuration is validated before any compute starts; a bad value is reported
 in one line naming it and what is allowed (exit status 2).
@@ -30,11 +30,11 @@ def _rule_args(p):
 
 
 def cmd_derive(args) -> None:
+    import sympy as sp
+
     from ldfa.theory import derive
     from ldfa.theory.analysis import conserved_quantities
     from ldfa.theory.modes import reduce_to_modes, strength_ode
-
-    import sympy as sp
 
     ode = derive(args.rule, layers=args.layers, weight_decay=args.weight_decay,
                  p_rule=args.p_rule, q_rule=args.q_rule, direct=args.direct)
@@ -109,6 +109,12 @@ def cmd_theory(args) -> None:
     print(f"wrote {data} and {png}")
 
 
+def cmd_figures(args) -> None:
+    from ldfa.figures.make import run
+
+    run(args.preset, args.only, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldfa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="file stem (default from the rule)")
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.set_defaults(func=cmd_theory)
+
+    p = sub.add_parser("figures", help="regenerate the paper's figures")
+    p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")
+    p.add_argument("--only", nargs="+", help="figure names to draw (default: all)")
+    p.add_argument("--out", default="figures/out", help="output folder")
+    p.set_defaults(func=cmd_figures)
     return parser
 
 

@@ -3,17 +3,27 @@
 import numpy as np
 import pytest
 import sympy as sp
-from scipy.linalg import subspace_angles
-
 from ldfa.theory import derive, get_rule
-from ldfa.theory.analysis import (conserved_quantities, fixed_points, jacobian, ode_residual,
-                                  saxe_solution, stability)
+from ldfa.theory.analysis import (
+    conserved_quantities,
+    fixed_points,
+    jacobian,
+    ode_residual,
+    saxe_solution,
+    stability,
+)
 from ldfa.theory.config import TheoryConfig
 from ldfa.theory.integrate import integrate, integrate_modes, integrate_oja
 from ldfa.theory.modes import reduce_to_modes, strength_ode
-from ldfa.theory.predictions import (bp_learning_time, deep_learning_time,
-                                     fixed_feedback_plateau, lambda_balanced_learning_time,
-                                     mode_learning_times, saxe_mode_strength)
+from ldfa.theory.predictions import (
+    bp_learning_time,
+    deep_learning_time,
+    fixed_feedback_plateau,
+    lambda_balanced_learning_time,
+    mode_learning_times,
+    saxe_mode_strength,
+)
+from scipy.linalg import subspace_angles
 
 u = sp.Symbol("u", positive=True)
 s = sp.Symbol("s", real=True)
@@ -86,8 +96,9 @@ def test_conserved_quantities_hold_numerically():
         y0, fixed = sysm.initial()
         start = dict(zip([X.name for X in sysm.state], sysm.unpack(y0)))
         start.update({X.name: M for X, M in zip(sysm.fixed, fixed)})
-        args = lambda mats: [mats[str(x)] for x in sorted(K.free_symbols, key=str)]  # noqa: E731
-        K0, K1 = f(*args(start)), f(*args(traj.final))
+        names = [str(x) for x in sorted(K.free_symbols, key=str)]
+        K0 = f(*[start[n] for n in names])
+        K1 = f(*[traj.final[n] for n in names])
         assert np.abs(K1 - K0).max() < 1e-8 * max(1.0, np.abs(K0).max())
         assert np.abs(traj.final["W_1"] - start["W_1"]).max() > 0.1  # it did learn
 

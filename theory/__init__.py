@@ -4,8 +4,20 @@ Pure mathematics (sympy, numpy, scipy); nothing here imports torch.
 """
 
 from .derive import MatrixODE, derive
-from .rules import (P_RULES, PRESETS, Q_RULES, RULES, Crossing, FeedbackRule, Matrix,
-                    TopSubspace, get_rule, ld_rule, register_rule, rule_names)
+from .rules import (
+                    P_RULES,
+                    PRESETS,
+                    Q_RULES,
+                    RULES,
+                    Crossing,
+                    FeedbackRule,
+                    Matrix,
+                    TopSubspace,
+                    get_rule,
+                    ld_rule,
+                    register_rule,
+                    rule_names,
+)
 
 __all__ = ["MatrixODE", "derive", "P_RULES", "PRESETS", "Q_RULES", "RULES", "Crossing",
            "FeedbackRule", "Matrix", "TopSubspace", "get_rule", "ld_rule", "register_rule",

@@ -9,7 +9,6 @@ from ldfa.errors import ConfigError
 
 from .rules import P_RULES, PRESETS, Q_RULES, get_rule
 
-
 INITS = ("random", "aligned", "first-zero")
 
 
