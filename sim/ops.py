@@ -1,0 +1,90 @@
+"""The linear maps of one layer type, so that a feedback rule is written once for all types.
+
+A rule only needs five operations of a layer with weight W (weight orientation:
+n_out x n_in for nn.Linear, C_out x C_in x k x k for nn.Conv2d):
+
+    forward(x, W, b)         a = W x + b
+    weight_grad(x, g)        Σ_batch g xᵀ                  (the local update ΔW = -η δ hᵀ)
+    input_grad(g, M, x)      Mᵀ g: the error sent down through a matrix shaped like W
+    compress(g, P)           z = P g: r numbers per example (per position for conv)
+    flat(W)                  W as an n_out x n_in' matrix (conv: C_out x C_in·k·k)
+
+Expansion through a factor Q_w (r x n_in, or r x C_in x k x k) is ``input_grad(z, Q_w, x)``:
+for a conv layer that is the r-channel transposed convolution with the forward layer's
+kernel size, stride and padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+
+class LinearOps:
+    """nn.Linear: inputs (..., n_in); every leading dimension is a batch dimension."""
+
+    kind = "linear"
+
+    def forward(self, x, W, b):
+        return F.linear(x, W, b)
+
+    def weight_grad(self, x, g, shape=None):
+        return g.reshape(-1, g.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
+
+    def bias_grad(self, g):
+        return g.reshape(-1, g.shape[-1]).sum(0)
+
+    def input_grad(self, g, M, x_shape):
+        return g.matmul(M)
+
+    def compress(self, g, P):
+        return g.matmul(P.t())
+
+    def rows(self, g):
+        """The error as a (samples x n_out) matrix: one row per example (and token)."""
+        return g.reshape(-1, g.shape[-1])
+
+    def flat(self, W):
+        return W
+
+
+class ConvOps:
+    """nn.Conv2d with the layer's stride, padding, dilation and groups (groups = 1 for ld)."""
+
+    kind = "conv"
+
+    def __init__(self, stride, padding, dilation, groups):
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x, W, b):
+        return F.conv2d(x, W, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def weight_grad(self, x, g, shape):
+        return conv2d_weight(x, shape, g, self.stride, self.padding, self.dilation, self.groups)
+
+    def bias_grad(self, g):
+        return g.sum((0, 2, 3))
+
+    def input_grad(self, g, M, x_shape):
+        return conv2d_input(x_shape, M, g, self.stride, self.padding, self.dilation, self.groups)
+
+    def compress(self, g, P):
+        return F.conv2d(g, P[:, :, None, None])
+
+    def rows(self, g):
+        """The error as (samples·positions x C_out): every position is a sample."""
+        return g.permute(0, 2, 3, 1).reshape(-1, g.shape[1])
+
+    def flat(self, W):
+        return W.reshape(W.shape[0], -1)
+
+
+def angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Angle in degrees between two tensors seen as vectors (90 if either is zero)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return 90.0
+    c = (a @ b) / (na * nb)
+    return float(torch.rad2deg(torch.arccos(c.clamp(-1.0, 1.0))))
