@@ -80,6 +80,7 @@ class ConvOps:
         return W.reshape(W.shape[0], -1)
 
 
+@torch.no_grad()
 def angle(a: torch.Tensor, b: torch.Tensor) -> float:
     """Angle in degrees between two tensors seen as vectors (90 if either is zero)."""
     a, b = a.flatten().double(), b.flatten().double()

@@ -1,0 +1,266 @@
+"""Issue 3 acceptance: every rule delivers the error it should, on linear and conv layers."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldfa.errors import ConfigError
+from ldfa.sim.layers import convert, feedback_layers, feedback_parameters, set_tracking
+
+
+def tiny_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+
+
+def delivered(model, x, c, layer_index):
+    """The error arriving at the input of model[layer_index], for the loss Σ out ⊙ c."""
+    h = {}
+
+    def keep(_, inp):
+        inp[0].retain_grad()
+        h["x"] = inp[0]
+
+    handle = model[layer_index].register_forward_pre_hook(keep)
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    (out * c).sum().backward()
+    handle.remove()
+    return h["x"].grad, out
+
+
+def arriving(model, x, c, layer_index):
+    """The error g arriving at the output of model[layer_index] (reference via autograd)."""
+    h = {}
+
+    def keep(_, __, out):
+        out.retain_grad()
+        h["o"] = out
+
+    handle = model[layer_index].register_forward_hook(keep)
+    out = model(x)
+    (out * c).sum().backward()
+    handle.remove()
+    return h["o"].grad
+
+
+X = torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
+C = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+
+
+def test_bp_delivers_autograd_error_exactly():
+    ref = tiny_mlp()
+    model = convert(tiny_mlp(), "bp")
+    g_ref, _ = delivered(ref, X, C, 2)
+    g, _ = delivered(model, X, C, 2)
+    assert torch.equal(g, g_ref)
+
+
+def test_fa_delivers_B_transpose_g():
+    model = convert(tiny_mlp(), "fa", seed=3)
+    g = arriving(copy.deepcopy(model), X, C, 2)
+    got, _ = delivered(model, X, C, 2)
+    torch.testing.assert_close(got, g @ model[2].B, rtol=0, atol=1e-7)
+    assert not torch.allclose(got, g @ model[2].weight)
+
+
+@pytest.mark.parametrize("p_rule,q_rule", [("fixed", "fixed"), ("oja", "kp"), ("svd", "aligned"),
+                                           ("lowrank", "lowrank"), ("kp", "kp"), ("fixed", "mirror")])
+def test_ld_delivers_Q_P_g(p_rule, q_rule):
+    model = convert(tiny_mlp(), "ld", rank=2, p_rule=p_rule, q_rule=q_rule, seed=4)
+    layer = model[2]
+    P = layer.P.detach().clone()
+    Qw = layer.rule.q_weight(layer).detach().clone()
+    g = arriving(copy.deepcopy(model), X, C, 2)
+    got, _ = delivered(model, X, C, 2)
+    if p_rule == "svd":  # P was refreshed from the first batch's error covariance
+        P = layer.P.detach()
+        Qw = layer.rule.q_weight(layer).detach()
+    torch.testing.assert_close(got, (g @ P.t()) @ Qw, rtol=1e-6, atol=1e-7)
+    assert torch.linalg.matrix_rank(P.t() @ Qw) == 2  # B has rank r
+
+
+def test_dfa_delivers_D_e():
+    model = convert(tiny_mlp(), "dfa", seed=5)
+    out_layer = model[4]
+    e = C  # the error at the output of the last layer
+    got, _ = delivered(model, X, C, 2)
+    torch.testing.assert_close(got, e @ model[2].D, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out_layer.direct.e, e)
+
+
+def test_direct_ld_delivers_Q_P_e():
+    model = convert(tiny_mlp(), "ld", rank=2, direct=True, seed=6)
+    got, _ = delivered(model, X, C, 2)
+    P = model[4].P
+    torch.testing.assert_close(got, (C @ P.t()) @ model[2].Q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule,kw", [("bp", {}), ("fa", {}), ("kp", {}), ("sign", {}), ("wm", {}),
+                                     ("dfa", {}), ("ld", dict(rank=2)), ("ldfa", dict(rank=2)),
+                                     ("raf", dict(rank=2))])
+def test_weight_gradient_is_the_local_product(rule, kw):
+    """Whatever the rule, ΔW of the top layer is the exact local product e hᵀ."""
+    model = convert(tiny_mlp(), rule, **kw)
+    ref = tiny_mlp()
+    for m in (model, ref):
+        (m(X) * C).sum().backward()
+    torch.testing.assert_close(model[4].weight.grad, ref[4].weight.grad)
+    torch.testing.assert_close(model[4].bias.grad, ref[4].bias.grad)
+
+
+def _train(model, steps=5, lr=0.1):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(16, 7, generator=gen)
+        y = torch.randint(0, 4, (16,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+def test_bp_conversion_trains_bit_identically():
+    a = _train(tiny_mlp())
+    b = _train(convert(tiny_mlp(), "bp"))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def tiny_conv():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 3, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
+
+
+def test_bp_conv_conversion_trains_bit_identically():
+    def train(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            x = torch.randn(4, 2, 5, 5, generator=gen)
+            opt.zero_grad()
+            F.cross_entropy(model(x), torch.arange(4)).backward()
+            opt.step()
+        return model
+
+    for pa, pb in zip(train(tiny_conv()).parameters(), train(convert(tiny_conv(), "bp")).parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_conv_ld_equals_dense_equivalent():
+    """The conv ld backward (1x1 conv to r channels, r-channel transposed conv) equals the
+    dense matrix of a conv with kernel B_w = Pᵀ Q_w applied to the flattened error."""
+    model = convert(tiny_conv(), "ld", rank=2, p_rule="fixed", q_rule="fixed", seed=7)
+    layer = model[2]
+    x = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(3))
+    h = torch.relu(model[0](x)).detach().requires_grad_(True)
+    out = layer(h)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    out.backward(g)
+    Bw = (layer.P.t() @ layer.Q.reshape(2, -1)).reshape(layer.weight.shape)
+    J = torch.autograd.functional.jacobian(lambda v: F.conv2d(v, Bw, None, 2, 1), h.detach())
+    dense = g.flatten() @ J.reshape(g.numel(), h.numel())
+    torch.testing.assert_close(h.grad.flatten(), dense, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_fa_and_dfa_run_and_differ_from_bp():
+    x = torch.randn(2, 2, 5, 5)
+    grads = {}
+    for rule in ("bp", "fa", "dfa"):
+        m = convert(tiny_conv(), rule)
+        xr = x.clone().requires_grad_(True)
+        F.cross_entropy(m(xr), torch.tensor([0, 1])).backward()
+        grads[rule] = xr.grad
+    assert not torch.allclose(grads["bp"], grads["fa"])
+    assert not torch.allclose(grads["bp"], grads["dfa"])
+
+
+def test_oja_P_converges_to_top_error_subspace():
+    """Feed errors with a fixed covariance; Oja's rule (via .grad + SGD) finds its top-r span."""
+    torch.manual_seed(0)
+    layer_model = convert(nn.Sequential(nn.Linear(6, 8)), "ld", rank=2, p_rule="oja",
+                          q_rule="fixed", seed=0)
+    layer = layer_model[0]
+    A = torch.randn(8, 8)
+    cov = A @ A.t() / 8
+    w, V = torch.linalg.eigh(cov)
+    L = torch.linalg.cholesky(cov)
+    opt = torch.optim.SGD([layer.P], lr=0.02)
+    x = torch.randn(64, 6)
+    for _ in range(1500):
+        g = (torch.randn(64, 8) @ L.t()) / 64  # per-example error / batch (mean loss)
+        opt.zero_grad()
+        layer(x.requires_grad_(True)).backward(g)
+        opt.step()
+    P = layer.P.detach()
+    Qp, _ = torch.linalg.qr(P.t())
+    overlap = float(((Qp.t() @ V[:, -2:]) ** 2).sum() / 2)
+    assert overlap > 0.98
+    torch.testing.assert_close(P @ P.t(), torch.eye(2), atol=0.05, rtol=0)
+
+
+def test_kp_drives_B_toward_W():
+    """ΔB = ΔW with weight decay λ on both: B - W shrinks by exactly (1 - ηλ) per step."""
+    model = convert(tiny_mlp(), "kp", seed=1)
+    gap0 = [(m.B - m.weight).detach().clone() for _, m in feedback_layers(model)]
+    lr, wd, steps = 0.1, 0.05, 600
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(32, 7, generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(x), torch.randint(0, 4, (32,), generator=gen)).backward()
+        opt.step()
+    for (_, m), g0 in zip(feedback_layers(model), gap0):
+        torch.testing.assert_close(m.B - m.weight, g0 * (1 - lr * wd) ** steps, rtol=1e-3, atol=1e-6)
+    assert (1 - lr * wd) ** steps < 0.05
+
+
+def test_lowrank_tracks_best_rank_r_approximation():
+    model = convert(tiny_mlp(), "ld", rank=2, p_rule="lowrank", q_rule="lowrank", seed=2)
+    layer = model[2]
+    opt = torch.optim.SGD(feedback_parameters(model), lr=0.5)
+    for _ in range(3000):
+        opt.zero_grad()
+        (model(X) * C).sum().backward()
+        opt.step()
+    Bw = layer.rule.feedback_weight(layer).detach()
+    U, S, Vh = torch.linalg.svd(layer.weight.detach())
+    best = (U[:, :2] * S[:2]) @ Vh[:2]
+    torch.testing.assert_close(Bw, best, atol=1e-3, rtol=0)
+
+
+def test_tracking_reports_angles():
+    model = convert(tiny_mlp(), "ld", rank=2, seed=0)
+    set_tracking(model)
+    (model(X) * C).sum().backward()
+    stats = dict(feedback_layers(model))["2"].stats
+    assert 0 <= stats["angle_delta"] <= 180 and 0 <= stats["angle_B_W"] <= 180
+    assert 0 <= stats["p_overlap"] <= 1 + 1e-9 and 1 <= stats["error_dim"] <= 5 + 1e-9
+    bp = convert(tiny_mlp(), "bp")
+    set_tracking(bp)
+    (bp(X) * C).sum().backward()
+    assert bp[2].stats["angle_delta"] == pytest.approx(0, abs=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(rule="ld", rank=6), "rank r=6 exceeds layer"),
+    (dict(rule="nope"), "unknown rule 'nope'"),
+    (dict(rule="ld", rank=2, p_rule="bad"), "unknown p_rule 'bad'"),
+    (dict(rule="ld", rank=2, q_rule="bad"), "unknown q_rule 'bad'"),
+    (dict(rule="ld"), "needs a rank"),
+    (dict(rule="fa", rank=3), "rank applies to ld rules only"),
+])
+def test_bad_input(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        convert(tiny_mlp(), **kwargs)
+
+
+def test_model_without_convertible_layer():
+    with pytest.raises(ConfigError, match="no nn.Linear or nn.Conv2d"):
+        convert(nn.Sequential(nn.ReLU(), nn.Tanh()), "fa")
