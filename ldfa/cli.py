@@ -1,4 +1,4 @@
-"""The `ldfa` command line: `ldfa derive`, `ldfa theory`, `ldfa figures`.
+"""The `ldfa` command line: `ldfa derive`, `ldfa theory`, `ldfa train`, `ldfa figures`.
 
 Every configuration is validated before any compute starts; a bad value is reported
 in one line naming it and what is allowed (exit status 2).
@@ -76,6 +76,18 @@ def cmd_derive(args) -> None:
         print(f"conserved ({cond}): {name}")
 
 
+def _out_dir(path) -> Path:
+    """Create the output folder now, before any compute, or fail in one line."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+    return out
+
+
 def _theory_config(args):
     from ldfa.theory.config import TheoryConfig
 
@@ -92,9 +104,7 @@ def cmd_theory(args) -> None:
     from ldfa.theory.integrate import integrate, integrate_modes
 
     cfg = _theory_config(args)  # validated here, before any compute
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+    out = _out_dir(args.out)
     t0 = time.perf_counter()
     traj = integrate_modes(cfg) if args.modes else integrate(cfg)
     elapsed = time.perf_counter() - t0
@@ -107,6 +117,38 @@ def cmd_theory(args) -> None:
     print(f"integrated {traj.kind} ODE to t = {traj.t[-1]:.3g} tau in {elapsed:.2f} s; "
           f"loss {traj['loss'][0]:.4g} -> {traj['loss'][-1]:.4g}")
     print(f"wrote {data} and {png}")
+
+
+def cmd_train(args) -> None:
+    import json
+
+    import torch
+
+    from ldfa.sim.train import TrainConfig, plot_history, train
+
+    model_options = {}
+    if args.activation:
+        model_options["activation"] = args.activation
+    cfg = TrainConfig(
+        model=args.model, hidden=tuple(int(h) for h in args.hidden.split(",")), data=args.data,
+        data_root=args.data_root, rule=args.rule, rank=args.rank, p_rule=args.p_rule,
+        q_rule=args.q_rule, direct=args.direct, scaling=args.scaling, init=args.init,
+        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
+        seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = _out_dir(args.out)
+    stem = args.name or f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
+    result = train(cfg, log_path=out / f"{stem}.jsonl", progress=not args.quiet)
+    png = plot_history(result["history"], out / f"{stem}.png", title=stem)
+    summary = {k: result[k] for k in ("test_acc", "test_loss", "steps", "seconds") if k in result}
+    (out / f"{stem}.summary.json").write_text(json.dumps({**summary, "config": result["config"]},
+                                                         indent=1))
+    acc = f"test accuracy {result['test_acc']:.4f}, " if "test_acc" in result else ""
+    print(f"{stem}: {acc}test loss {result['test_loss']:.4f}, {result['steps']} steps in "
+          f"{result['seconds']:.1f} s")
+    print(f"wrote {out / (stem + '.jsonl')}, {png}")
 
 
 def cmd_figures(args) -> None:
@@ -148,6 +190,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="file stem (default from the rule)")
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.set_defaults(func=cmd_theory)
+
+    p = sub.add_parser("train", help="train a network with a feedback rule (torch)")
+    p.add_argument("--model", default="mlp", help="linear, mlp, cnn, vit")
+    p.add_argument("--hidden", default="256,256", help="hidden widths of linear/mlp models")
+    p.add_argument("--activation", help="mlp activation: relu, tanh, gelu")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, mnist, cifar10, cifar100, linear-teacher, random-teacher")
+    p.add_argument("--data-root", help="folder with the data set files")
+    p.add_argument("--rule", default="bp", help="bp, fa, dfa, sign, kp, wm, ld, ldfa, ldfa-local, raf")
+    p.add_argument("--rank", type=int, help="feedback rank r (ld rules)")
+    p.add_argument("--p-rule", help="fixed, oja, svd, kp, lowrank")
+    p.add_argument("--q-rule", help="fixed, aligned, kp, mirror, lowrank")
+    p.add_argument("--direct", action="store_true", help="direct variant (ld)")
+    p.add_argument("--scaling", default="usf", help="sign rule scaling: usf, brsf, frsf")
+    p.add_argument("--init", help="ld factor init: random or svd")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--steps", type=int, help="number of steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="adam", help="sgd, adam, adamw")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--fb-lr", type=float, help="learning rate of B, P, Q (default: --lr)")
+    p.add_argument("--clamp", type=float, help="clamp every gradient elementwise to ±value")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--name", help="file stem")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("figures", help="regenerate the paper's figures")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")

@@ -213,7 +213,7 @@ class LowDim(Rule):
     @torch.no_grad()
     def _track_covariance(self, layer, g):
         """Running ⟨δ δᵀ⟩; P = its top-r eigenvectors, refreshed every svd_refresh steps."""
-        d = layer.ops.rows(g) * layer.ops.rows(g).shape[0]
+        d = layer.ops.rows(g) * g.shape[0]  # per-example error, for a loss averaged over the batch
         C = d.t() @ d / d.shape[0]
         layer.C.mul_(self.svd_momentum).add_(C, alpha=1 - self.svd_momentum)
         if int(layer.steps) % self.svd_refresh == 0:
@@ -227,8 +227,9 @@ class LowDim(Rule):
         scale = 1.0 / math.sqrt(self.rank) if self.lowrank_scale else 1.0
         Qf = self.q_weight(layer).reshape(self.rank, -1)
         if self.p_rule == "oja":
-            # ΔP = η ⟨z δᵀ - z zᵀ P⟩ with δ the per-example error (g · samples for a mean loss)
-            d = layer.ops.rows(g) * layer.ops.rows(g).shape[0]
+            # ΔP = η ⟨z δᵀ - z zᵀ P⟩, δ the per-example error (g · batch for a batch-mean loss;
+            # every position of a conv map and every token counts as a sample)
+            d = layer.ops.rows(g) * g.shape[0]
             z = d @ P.t()
             out["P"] = -(z.t() @ d - (z.t() @ z) @ P) / d.shape[0]
         elif self.p_rule == "kp":

@@ -13,8 +13,7 @@ from torch import nn
 
 from ldfa.errors import ConfigError
 
-from .feedback import (BP, DFA, FA, KP, PRESETS, DirectContext, DirectLowDim, LowDim, Rule, Sign,
-                       WeightMirror)
+from .feedback import BP, DFA, FA, KP, PRESETS, DirectContext, DirectLowDim, LowDim, Rule, Sign, WeightMirror
 from .ops import ConvOps, LinearOps, angle
 
 RULES = ("bp", "fa", "dfa", "sign", "kp", "wm", "ld", *PRESETS)

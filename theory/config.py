@@ -51,7 +51,14 @@ class TheoryConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        object.__setattr__(self, "spectrum", tuple(float(x) for x in self.spectrum))
+        try:
+            spectrum = tuple(float(x) for x in self.spectrum)
+        except (TypeError, ValueError):
+            raise ConfigError(f"spectrum={self.spectrum!r}: must be a sequence of numbers, "
+                              "e.g. (5, 4, 3)") from None
+        if isinstance(self.spectrum, str):
+            raise ConfigError(f"spectrum={self.spectrum!r}: must be a sequence of numbers, e.g. (5, 4, 3)")
+        object.__setattr__(self, "spectrum", spectrum)
         validate(self)
 
     @property
@@ -76,6 +83,10 @@ class TheoryConfig:
         return asdict(self)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _positive(name, value):
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{name}={value!r}: must be a positive number")
@@ -92,18 +103,22 @@ def validate(c: TheoryConfig) -> None:
         raise ConfigError(f"layers={c.layers!r}: must be an integer >= 2")
     for name in ("n_in", "hidden", "n_out", "n_points"):
         v = getattr(c, name)
-        if not isinstance(v, int) or v < 1:
+        if not _is_int(v) or v < 1:
             raise ConfigError(f"{name}={v!r}: must be a positive integer")
     for name in ("tau", "tau_b", "tau_p", "tau_q", "init_scale", "rtol", "atol"):
         _positive(name, getattr(c, name))
     if c.t_max is not None:
         _positive("t_max", c.t_max)
-    if c.noise < 0 or c.weight_decay < 0:
-        raise ConfigError(f"noise={c.noise}, weight_decay={c.weight_decay}: must be >= 0")
+    for name in ("noise", "weight_decay"):
+        v = getattr(c, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{name}={v!r}: must be a finite number >= 0")
+    if c.n_points < 2:
+        raise ConfigError(f"n_points={c.n_points}: need at least 2 time points")
     if c.init not in INITS:
         raise ConfigError(f"init={c.init!r}; allowed: {', '.join(INITS)}")
     k = len(c.spectrum)
-    if k < 1 or any(s <= 0 for s in c.spectrum):
+    if k < 1 or not all(math.isfinite(s) and s > 0 for s in c.spectrum):
         raise ConfigError(f"spectrum={list(c.spectrum)}: need at least one singular value, all > 0")
     if k > min(c.n_in, c.n_out):
         raise ConfigError(f"spectrum has {k} modes but the teacher is {c.n_out} x {c.n_in}: "
@@ -112,8 +127,8 @@ def validate(c: TheoryConfig) -> None:
         raise ConfigError(f"init='aligned' needs hidden >= number of modes ({k}), got {c.hidden}")
     if c.is_ld:
         if c.rank is None:
-            raise ConfigError("rule ld needs a rank r (--rank), an integer in 1..d")
-        if not isinstance(c.rank, int) or not 1 <= c.rank <= c.n_out:
+            raise ConfigError(f"rule {c.rule!r} needs a rank r (--rank), an integer in 1..d")
+        if not _is_int(c.rank) or not 1 <= c.rank <= c.n_out:
             raise ConfigError(f"rank r={c.rank!r}: must be an integer with 1 <= r <= d = {c.n_out}")
         if c.rank > c.hidden:
             raise ConfigError(f"rank r={c.rank} exceeds the hidden width {c.hidden}")

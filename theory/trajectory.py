@@ -83,22 +83,25 @@ class Trajectory:
                 twin.legend(fontsize=7, frameon=False, loc="center right")
         if title:
             fig.suptitle(title, fontsize=10)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=130)
-        plt.close(fig)
-        os.replace(tmp, path)
-        return path
+        try:
+            return _atomic_write(path, lambda f: fig.savefig(f, dpi=130, format="png"), binary=True)
+        finally:
+            plt.close(fig)
 
 
-def _atomic_write(path, write) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
+def _atomic_write(path, write, binary: bool = False) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half file.
+
+    The file gets the permissions a plain open() would give (0666 less the umask).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,237 @@
+"""Training loop: any model, any rule, logged metrics (nanoGPT-style: the step fits one screen)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ldfa.errors import ConfigError
+
+from . import data as datasets
+from . import models
+from .layers import RULES, convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``steps`` (if set) overrides ``epochs``; fb_* default to the main values."""
+
+    model: str = "mlp"
+    hidden: tuple = (256, 256)
+    data: str = "fashion-mnist"
+    data_root: str | None = None
+    rule: str = "bp"
+    rank: int | None = None
+    p_rule: str | None = None
+    q_rule: str | None = None
+    direct: bool = False
+    scaling: str = "usf"
+    init: str | None = None
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    fb_lr: float | None = None
+    fb_weight_decay: float | None = None
+    clamp: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 100
+    train_subset: int | None = None
+    model_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.rule not in RULES:
+            raise ConfigError(f"unknown rule {self.rule!r}; allowed: {', '.join(RULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        for name in ("batch_size", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}={v!r}: must be a positive integer")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ConfigError(f"steps={self.steps!r}: must be a positive integer")
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise ConfigError(f"epochs={self.epochs!r}: must be a positive number")
+        if not (self.lr > 0):
+            raise ConfigError(f"lr={self.lr!r}: must be positive")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r}; allowed: cpu, cuda, cuda:N")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device={self.device!r}: CUDA is not available on this machine; use cpu")
+
+    def rule_options(self) -> dict:
+        opts = dict(rank=self.rank, p_rule=self.p_rule, q_rule=self.q_rule, seed=self.seed)
+        if self.direct:
+            opts["direct"] = True
+        if self.rule == "sign":
+            opts["scaling"] = self.scaling
+        if self.init:
+            opts["init"] = self.init
+        return opts
+
+
+def build(cfg: TrainConfig):
+    """(model, train set, test set), all validated and on cfg.device, before any training."""
+    flat = cfg.model in ("linear", "mlp")
+    train_set = datasets.load(cfg.data, cfg.data_root, "train", flatten=flat)
+    test_set = datasets.load(cfg.data, cfg.data_root, "test", flatten=flat)
+    if cfg.train_subset:
+        train_set = train_set.subset(cfg.train_subset)
+    classes = train_set.num_classes or train_set.y.shape[1]
+    torch.manual_seed(cfg.seed)
+    kw = dict(cfg.model_options)
+    if cfg.model in ("linear", "mlp"):
+        kw.setdefault("hidden", list(cfg.hidden))
+    model = models.build(cfg.model, train_set.input_shape, classes, **kw)
+    convert(model, cfg.rule, **cfg.rule_options())
+    return model.to(cfg.device), train_set.to(cfg.device), test_set.to(cfg.device)
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    """One optimizer, two parameter groups: forward weights, and the rules' own B, P, Q."""
+    fb = feedback_parameters(model)
+    groups = [dict(params=forward_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    if fb:
+        groups.append(dict(params=fb, lr=cfg.fb_lr or cfg.lr,
+                           weight_decay=cfg.weight_decay if cfg.fb_weight_decay is None
+                           else cfg.fb_weight_decay))
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW)(groups, lr=cfg.lr)
+
+
+def loss_fn(out, y):
+    return F.cross_entropy(out, y) if y.dtype == torch.long else 0.5 * F.mse_loss(out, y) * out.shape[-1]
+
+
+@torch.no_grad()
+def evaluate(model, dataset, batch_size=1000) -> dict:
+    model.eval()
+    total, loss, correct = 0, 0.0, 0
+    for x, y in dataset.batches(batch_size, shuffle=False):
+        out = model(x)
+        loss += float(loss_fn(out, y)) * len(x)
+        if y.dtype == torch.long:
+            correct += int((out.argmax(1) == y).sum())
+        total += len(x)
+    model.train()
+    out = {"test_loss": loss / total}
+    if dataset.num_classes:
+        out["test_acc"] = correct / total
+    return out
+
+
+def train(cfg: TrainConfig, log_path=None, progress: bool = True) -> dict:
+    """Train; append a JSON line per logging step to ``log_path``; return the summary."""
+    model, train_set, test_set = build(cfg)
+    opt = make_optimizer(cfg, model)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
+    gen = torch.Generator(device=train_set.device).manual_seed(cfg.seed)
+    log = open(log_path, "w") if log_path else None  # noqa: SIM115
+    history, bar = [], _progress(total, progress, cfg)
+    batches, epoch, t0 = iter(()), 0, time.perf_counter()
+    for step in range(1, total + 1):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches, epoch = train_set.batches(cfg.batch_size, shuffle=True, generator=gen), epoch + 1
+            x, y = next(batches)
+        track = step % cfg.log_every == 0 or step == total
+        set_tracking(model, track)
+        out = model(x)
+        loss = loss_fn(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clamp:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.clamp_(-cfg.clamp, cfg.clamp)
+        opt.step()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the lr")
+        if track:
+            row = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item()}
+            if y.dtype == torch.long:
+                row["acc"] = float((out.argmax(1) == y).float().mean())
+            for name, layer in feedback_layers(model):
+                row.update({f"{name}/{k}": v for k, v in layer.stats.items()})
+            if step % steps_per_epoch == 0 or step == total:
+                row.update(evaluate(model, test_set))
+            row["time"] = time.perf_counter() - t0
+            history.append(row)
+            if log:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+        bar.update(1, loss.item())
+    set_tracking(model, False)
+    bar.close()
+    if log:
+        log.close()
+    final = evaluate(model, test_set)
+    return {"config": dataclasses.asdict(cfg), "history": history, **final,
+            "steps": total, "seconds": time.perf_counter() - t0, "model": model}
+
+
+class _progress:
+    """A tqdm bar (or nothing), showing the running loss."""
+
+    def __init__(self, total, enabled, cfg):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"{cfg.model}/{cfg.rule}", leave=False)
+
+    def update(self, n, loss):
+        if self.bar:
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+
+
+def plot_history(history: list[dict], path, title: str = "") -> Path:
+    """Loss and test accuracy against steps, and the per-layer error angles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3), constrained_layout=True)
+    axes[0].plot(steps, [h["loss"] for h in history], color="black")
+    axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    acc = [(h["step"], h["test_acc"]) for h in history if "test_acc" in h]
+    if acc:
+        axes[1].plot(*zip(*acc), "o-", color="#0072B2")
+    axes[1].set(xlabel="step", ylabel="test accuracy", title="accuracy")
+    keys = sorted({k for h in history for k in h if k.endswith("/angle_delta")})
+    for k in keys:
+        axes[2].plot(steps, [h.get(k, float("nan")) for h in history], label=k.split("/")[0])
+    axes[2].set(xlabel="step", ylabel="∠(delivered δ, bp δ) (degrees)", title="alignment", ylim=(0, 120))
+    if keys:
+        axes[2].legend(title="layer", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
