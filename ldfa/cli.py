@@ -135,6 +135,7 @@ def cmd_train(args) -> None:
         q_rule=args.q_rule, direct=args.direct, scaling=args.scaling, init=args.init,
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
+        clip_rank=args.clip_rank,
         seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-rule", help="fixed, oja, svd, kp, lowrank")
     p.add_argument("--q-rule", help="fixed, aligned, kp, mirror, lowrank")
     p.add_argument("--direct", action="store_true", help="direct variant (ld)")
+    p.add_argument("--clip-rank", action="store_true",
+                   help="cut r to each layer's min(n_in, n_out) instead of failing")
     p.add_argument("--scaling", default="usf", help="sign rule scaling: usf, brsf, frsf")
     p.add_argument("--init", help="ld factor init: random or svd")
     p.add_argument("--epochs", type=float, default=1.0)

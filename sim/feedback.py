@@ -34,16 +34,18 @@ PRESETS = {  # SPEC: the published configurations by name
 }
 
 
-def _like_weight(W: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _like_weight(W: torch.Tensor, generator: torch.Generator, ops) -> torch.Tensor:
     """A random matrix with W's shape and torch's default layer init, U(±1/√fan_in)."""
-    fan_in = W[0].numel()
+    fan_in = ops.fan_in(W)
     bound = 1.0 / math.sqrt(fan_in)
     return (torch.rand(W.shape, generator=generator, dtype=W.dtype) * 2 - 1).mul_(bound).to(W.device)
 
 
-def _orthonormal_rows(r: int, n: int, generator, like: torch.Tensor) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(n, r, generator=generator, dtype=torch.float64))
-    return q[:, :r].t().contiguous().to(like.device, like.dtype)
+def _orthonormal_rows(shape, generator, like: torch.Tensor) -> torch.Tensor:
+    """Random (..., r, n) with orthonormal rows (one independent draw per leading index)."""
+    *lead, r, n = shape
+    q, _ = torch.linalg.qr(torch.randn(*lead, n, r, generator=generator, dtype=torch.float64))
+    return q[..., :r].mT.contiguous().to(like.device, like.dtype)
 
 
 class Rule:
@@ -80,7 +82,7 @@ class FA(Rule):
     name = "fa"
 
     def setup(self, layer, generator):
-        layer.register_buffer("B", _like_weight(layer.weight, generator))
+        layer.register_buffer("B", _like_weight(layer.weight, generator, layer.ops))
 
     def feedback_weight(self, layer):
         return layer.B
@@ -93,7 +95,7 @@ class KP(FA):
     learned = ("B",)
 
     def setup(self, layer, generator):
-        layer.B = torch.nn.Parameter(_like_weight(layer.weight, generator))
+        layer.B = torch.nn.Parameter(_like_weight(layer.weight, generator, layer.ops))
 
     def grads(self, layer, x, g, gW):
         return {"B": gW}
@@ -174,34 +176,35 @@ class LowDim(Rule):
 
     # -- set-up ------------------------------------------------------------------------
     def setup(self, layer, generator):
-        W = layer.weight
-        n_out, n_in = layer.ops.flat(W).shape
+        W, ops = layer.weight, layer.ops
+        n_out, n_in = ops.flat(W).shape[-2:]
         r = self.rank
         if self.init == "svd":
-            P, Qw = svd_factors(W, r, layer.ops)
+            P, Qw = svd_factors(W, r, ops)
         else:
-            P = _orthonormal_rows(r, n_out, generator, W)
+            P = _orthonormal_rows(ops.p_shape(W, r), generator, W)
             # Q_w so that ‖Pᵀ Q_w‖ matches a random matrix with W's default init
             std = math.sqrt(n_out / (3.0 * r * n_in))
-            Qw = (torch.randn((r, *W.shape[1:]), generator=generator, dtype=W.dtype) * std).to(W.device)
+            Qw = (torch.randn(ops.q_shape(W, r), generator=generator, dtype=W.dtype) * std).to(W.device)
         for name, value, rule in (("P", P, self.p_rule), ("Q", Qw, self.q_rule)):
             if name in self.learned:
                 setattr(layer, name, torch.nn.Parameter(value))
             elif rule != "aligned":
                 layer.register_buffer(name, value)
         if self.p_rule == "svd":
-            layer.register_buffer("C", torch.zeros(n_out, n_out, device=W.device, dtype=W.dtype))
+            layer.register_buffer("C", torch.zeros(*ops.lead(W), n_out, n_out, device=W.device,
+                                                   dtype=W.dtype))
             layer.register_buffer("steps", torch.zeros((), dtype=torch.long, device=W.device))
 
     def q_weight(self, layer):
         """Q_w: the expansion factor (aligned: Q_w = P W, weight transport through P)."""
         if self.q_rule == "aligned":
-            return (layer.P @ layer.ops.flat(layer.weight)).reshape(self.rank, *layer.weight.shape[1:])
+            return layer.ops.unflat_q(layer.P @ layer.ops.flat(layer.weight), layer.weight)
         return layer.Q
 
     def feedback_weight(self, layer):
-        Qw = self.q_weight(layer)
-        return (layer.P.t() @ Qw.reshape(self.rank, -1)).reshape(layer.weight.shape)
+        ops = layer.ops
+        return (layer.P.mT @ ops.flat_q(self.q_weight(layer))).reshape(layer.weight.shape)
 
     # -- backward ----------------------------------------------------------------------
     def input_grad(self, layer, x, g):
@@ -213,33 +216,36 @@ class LowDim(Rule):
     @torch.no_grad()
     def _track_covariance(self, layer, g):
         """Running ⟨δ δᵀ⟩; P = its top-r eigenvectors, refreshed every svd_refresh steps."""
-        d = layer.ops.rows(g) * g.shape[0]  # per-example error, for a loss averaged over the batch
-        C = d.t() @ d / d.shape[0]
+        d = layer.ops.rows(g) * layer.ops.batch_size(g)  # per-example error (batch-mean loss)
+        C = d.mT @ d / d.shape[-2]
         layer.C.mul_(self.svd_momentum).add_(C, alpha=1 - self.svd_momentum)
         if int(layer.steps) % self.svd_refresh == 0:
             w, V = torch.linalg.eigh(layer.C.double())
-            layer.P.copy_(V[:, -self.rank:].flip(1).t().to(layer.P.dtype))
+            layer.P.copy_(V[..., -self.rank:].flip(-1).mT.to(layer.P.dtype))
         layer.steps += 1
 
     def grads(self, layer, x, g, gW):
-        out = {}
-        P, Wf = layer.P, layer.ops.flat(layer.weight)
+        out, ops = {}, layer.ops
+        P, Wf = layer.P, ops.flat(layer.weight)
         scale = 1.0 / math.sqrt(self.rank) if self.lowrank_scale else 1.0
-        Qf = self.q_weight(layer).reshape(self.rank, -1)
+        Qf = ops.flat_q(self.q_weight(layer))
         if self.p_rule == "oja":
             # ΔP = η ⟨z δᵀ - z zᵀ P⟩, δ the per-example error (g · batch for a batch-mean loss;
             # every position of a conv map and every token counts as a sample)
-            d = layer.ops.rows(g) * g.shape[0]
-            z = d @ P.t()
-            out["P"] = -(z.t() @ d - (z.t() @ z) @ P) / d.shape[0]
+            d = ops.rows(g) * ops.batch_size(g)
+            z = d @ P.mT
+            out["P"] = -(z.mT @ d - (z.mT @ z) @ P) / d.shape[-2]
         elif self.p_rule == "kp":
-            out["P"] = Qf @ layer.ops.flat(gW).t()  # ΔP = Q_w ΔWᵀ (SPEC: Qᵀ ΔWᵀ)
+            # ΔP = Q_w ΔWᵀ (SPEC: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
+            y = ops.forward(x, self.q_weight(layer), None)
+            out["P"] = ops.rows(y).mT @ ops.rows(g)
         elif self.p_rule == "lowrank":
-            out["P"] = ((Qf @ Qf.t()) @ P - Qf @ Wf.t()) * scale  # ∇P without forming QP - Wᵀ
+            out["P"] = ((Qf @ Qf.mT) @ P - Qf @ Wf.mT) * scale  # ∇P without forming QP - Wᵀ
         if self.q_rule == "kp":
-            out["Q"] = (P @ layer.ops.flat(gW)).reshape(layer.Q.shape)  # ΔQ_w = P ΔW
+            # ΔQ_w = P ΔW, formed on the batch side: Σ (P g) xᵀ
+            out["Q"] = ops.weight_grad(x, ops.compress(g, P), layer.Q.shape)
         elif self.q_rule == "lowrank":
-            out["Q"] = (((P @ P.t()) @ Qf - P @ Wf) * scale).reshape(layer.Q.shape)
+            out["Q"] = (((P @ P.mT) @ Qf - P @ Wf) * scale).reshape(layer.Q.shape)
         elif self.q_rule == "mirror":
             xi = torch.randn((self.mirror_batch, *x.shape[1:]), device=x.device, dtype=x.dtype)
             y = layer.ops.compress(layer.ops.forward(xi, layer.weight, None), P)
@@ -250,11 +256,11 @@ class LowDim(Rule):
 def svd_factors(W: torch.Tensor, r: int, ops):
     """Truncated SVD W_f ≈ A S Cᵀ split evenly: P = √S Aᵀ (r x n_out), Q_w = √S Cᵀ (r x n_in')."""
     Wf = ops.flat(W).detach()
-    r = min(r, *Wf.shape)
+    r = min(r, *Wf.shape[-2:])
     A, S, Vh = torch.linalg.svd(Wf.double(), full_matrices=False)
-    root = S[:r].sqrt()
-    P = (root[:, None] * A[:, :r].t()).to(W.dtype)
-    Qw = (root[:, None] * Vh[:r]).to(W.dtype).reshape(r, *W.shape[1:])
+    root = S[..., :r].sqrt()[..., None]
+    P = (root * A[..., :r].mT).to(W.dtype)
+    Qw = ops.unflat_q((root * Vh[..., :r, :]).to(W.dtype), W)
     return P.contiguous(), Qw.contiguous()
 
 
@@ -325,7 +331,7 @@ class DirectLowDim(DFA):
         super().setup(layer, generator)
         self.learned = ("P",) if (layer.is_output and self.p_rule == "oja") else ()
         if layer.is_output:
-            P = _orthonormal_rows(self.rank, self.out_features, generator, layer.weight)
+            P = _orthonormal_rows((self.rank, self.out_features), generator, layer.weight)
             if self.p_rule == "oja":
                 layer.P = torch.nn.Parameter(P)
             else:

@@ -14,9 +14,26 @@ from torch import nn
 from ldfa.errors import ConfigError
 
 from .feedback import BP, DFA, FA, KP, PRESETS, DirectContext, DirectLowDim, LowDim, Rule, Sign, WeightMirror
-from .ops import ConvOps, LinearOps, angle
+from .ops import BatchedLinearOps, ConvOps, LinearOps, angle
 
 RULES = ("bp", "fa", "dfa", "sign", "kp", "wm", "ld", *PRESETS)
+BATCHED_RULES = ("bp", "fa", "kp", "ld", *PRESETS)
+
+
+class BatchedLinear(nn.Module):
+    """S independent nn.Linear(n_in, n_out): weight (S, n_out, n_in), bias (S, n_out).
+
+    Inputs are (S, batch, n_in); `convert` gives it every rule in BATCHED_RULES.
+    """
+
+    def __init__(self, seeds: int, n_in: int, n_out: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(seeds, n_out, n_in))
+        self.bias = nn.Parameter(torch.empty(seeds, n_out)) if bias else None
+
+    def forward(self, x):
+        out = x @ self.weight.mT
+        return out if self.bias is None else out + self.bias[:, None, :]
 
 
 class _Feedback(torch.autograd.Function):
@@ -115,13 +132,14 @@ def make_rule(rule: str, rank=None, p_rule=None, q_rule=None, out_features=None,
 
 def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule: str | None = None,
             q_rule: str | None = None, skip=("patch_embed",), rank_scale: dict | None = None,
-            seed: int = 0, **options) -> nn.Module:
+            clip_rank: bool = False, seed: int = 0, **options) -> nn.Module:
     """Replace every nn.Linear and nn.Conv2d of ``model`` (in place) by a FeedbackLayer.
 
     rule: bp, fa, dfa, sign, kp, wm, ld, or a preset (ldfa, ldfa-local, raf).
     rank: r for ld rules; a layer's rank is rank·rank_scale[suffix] for a module name ending
       in suffix (default: qkv -> 3r, as in the authors' ViT), and the output layer's is cut
-      to min(r, n_out). A rank above another layer's min(n_in, n_out) is an error.
+      to min(r, n_out). A rank above another layer's min(n_in, n_out) (conv: n_in = C_in·k·k)
+      is an error, unless clip_rank=True cuts it there (the authors' min(r, n_l, n_{l+1})).
     skip: module names (or name suffixes) left with exact backprop (default: patch_embed).
     options: direct=True for direct ld; scaling for sign; init, lowrank_scale, svd_refresh,
       svd_momentum, mirror_batch for ld.
@@ -138,12 +156,12 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
         raise ConfigError(f"--p-rule/--q-rule apply to ld rules only, not to {rule!r}")
     rank_scale = {"qkv": 3} if rank_scale is None else rank_scale
     targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d))
+               if isinstance(m, (nn.Linear, nn.Conv2d, BatchedLinear))
                and not any(name == s or name.endswith("." + s) for s in skip)]
     if not targets:
         raise ConfigError(f"model {type(model).__name__} has no nn.Linear or nn.Conv2d to convert")
     out_name, out_module = targets[-1]
-    out_features = out_module.weight.shape[0]
+    out_features = out_module.weight.shape[-2 if isinstance(out_module, BatchedLinear) else 0]
     direct = DirectContext()
     generator = torch.Generator().manual_seed(seed)
     for name, m in targets:
@@ -154,18 +172,25 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
             if isinstance(m.padding, str) or m.padding_mode != "zeros":
                 raise ConfigError(f"layer {name}: only numeric zero padding is supported")
             ops = ConvOps(m.stride, m.padding, m.dilation, m.groups)
+        elif isinstance(m, BatchedLinear):
+            if rule not in BATCHED_RULES or options.get("direct") or q_rule == "mirror":
+                raise ConfigError(f"rule {rule!r} is not available for batched layers; allowed: "
+                                  f"{', '.join(BATCHED_RULES)} (layerwise, q_rule not mirror)")
+            ops = BatchedLinearOps()
         else:
             ops = LinearOps()
         r = None
         if is_ld:
-            n_out, n_in = ops.flat(m.weight).shape
+            n_out, n_in = ops.flat(m.weight).shape[-2:]
             scale = next((v for k, v in rank_scale.items() if name.endswith(k)), 1)
             r = rank * scale
             if is_output:
                 r = min(r, n_out)
+            elif clip_rank:
+                r = min(r, n_out, n_in)
             elif r > min(n_out, n_in):
                 raise ConfigError(f"rank r={r} exceeds layer {name!r} ({n_in} -> {n_out}); "
-                                  f"allowed: 1..{min(n_out, n_in)}")
+                                  f"allowed: 1..{min(n_out, n_in)}, or clip_rank=True to cut it")
         layer_rule = make_rule(rule, r, p_rule, q_rule, out_features, **options)
         new = FeedbackLayer(m.weight, m.bias, ops, layer_rule, generator, is_output, direct)
         _set_submodule(model, name, new)

@@ -48,6 +48,58 @@ class LinearOps:
     def flat(self, W):
         return W
 
+    # shapes of the ld factors, and the leading (seed) dimensions of a weight
+    def lead(self, W):
+        return W.shape[:-2]
+
+    def fan_in(self, W):
+        return W.shape[-1]
+
+    def batch_size(self, g):
+        """Examples in the batch (the loss is a mean over them)."""
+        return g.shape[0]
+
+    def p_shape(self, W, r):
+        return (*self.lead(W), r, W.shape[-2])
+
+    def q_shape(self, W, r):
+        return (*self.lead(W), r, W.shape[-1])
+
+    def flat_q(self, Q):
+        return Q
+
+    def unflat_q(self, Qf, W):
+        return Qf
+
+
+class BatchedLinearOps(LinearOps):
+    """S independent linear layers at once: W (S, n_out, n_in), inputs (S, batch, n_in).
+
+    Used to train many seeds or configurations in one batched computation; every rule
+    written with ``@``, ``.mT`` and these ops runs unchanged on it.
+    """
+
+    kind = "batched-linear"
+
+    def forward(self, x, W, b):
+        out = x @ W.mT
+        return out if b is None else out + b[:, None, :]
+
+    def weight_grad(self, x, g, shape=None):
+        return g.mT @ x
+
+    def bias_grad(self, g):
+        return g.sum(1)
+
+    def compress(self, g, P):
+        return g @ P.mT
+
+    def rows(self, g):
+        return g
+
+    def batch_size(self, g):
+        return g.shape[1]
+
 
 class ConvOps:
     """nn.Conv2d with the layer's stride, padding, dilation and groups (groups = 1 for ld)."""
@@ -78,6 +130,27 @@ class ConvOps:
 
     def flat(self, W):
         return W.reshape(W.shape[0], -1)
+
+    def lead(self, W):
+        return ()
+
+    def fan_in(self, W):
+        return W[0].numel()
+
+    def batch_size(self, g):
+        return g.shape[0]
+
+    def p_shape(self, W, r):
+        return (r, W.shape[0])
+
+    def q_shape(self, W, r):
+        return (r, *W.shape[1:])
+
+    def flat_q(self, Q):
+        return Q.reshape(Q.shape[0], -1)
+
+    def unflat_q(self, Qf, W):
+        return Qf.reshape(Qf.shape[0], *W.shape[1:])
 
 
 @torch.no_grad()

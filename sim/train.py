@@ -46,6 +46,7 @@ class TrainConfig:
     fb_lr: float | None = None
     fb_weight_decay: float | None = None
     clamp: float | None = None
+    clip_rank: bool = False
     seed: int = 0
     device: str = "cpu"
     log_every: int = 100
@@ -97,7 +98,7 @@ def build(cfg: TrainConfig):
     if cfg.model in ("linear", "mlp"):
         kw.setdefault("hidden", list(cfg.hidden))
     model = models.build(cfg.model, train_set.input_shape, classes, **kw)
-    convert(model, cfg.rule, **cfg.rule_options())
+    convert(model, cfg.rule, clip_rank=cfg.clip_rank, **cfg.rule_options())
     return model.to(cfg.device), train_set.to(cfg.device), test_set.to(cfg.device)
 
 

@@ -204,6 +204,19 @@ def test_oja_P_converges_to_top_error_subspace():
     torch.testing.assert_close(P @ P.t(), torch.eye(2), atol=0.05, rtol=0)
 
 
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_conv])
+def test_ld_kp_grads_are_the_forward_update_seen_through_the_other_factor(make):
+    """SPEC: ΔQ = ΔWᵀ Pᵀ and ΔP = Qᵀ ΔWᵀ (weight orientation: Q_w.grad = P gW, P.grad = Q_w gWᵀ)."""
+    model = convert(make(), "ld", rank=2, p_rule="kp", q_rule="kp", seed=3)
+    x = X if make is tiny_mlp else torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(5))
+    (model(x) * C).sum().backward()
+    for _, layer in feedback_layers(model)[:-1]:
+        gW = layer.weight.grad.reshape(layer.weight.shape[0], -1)
+        Qf = layer.Q.detach().reshape(2, -1)
+        torch.testing.assert_close(layer.Q.grad.reshape(2, -1), layer.P.detach() @ gW, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.P.grad, Qf @ gW.t(), rtol=1e-5, atol=1e-6)
+
+
 def test_kp_drives_B_toward_W():
     """ΔB = ΔW with weight decay λ on both: B - W shrinks by exactly (1 - ηλ) per step."""
     model = convert(tiny_mlp(), "kp", seed=1)

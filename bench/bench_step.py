@@ -1,0 +1,96 @@
+"""Benchmark: training-step time of each rule relative to backprop, measured in one run.
+
+    python bench/bench_step.py [--device cpu|cuda] [--repeats 7] [--steps 10]
+
+Models: an MLP 784-2048-2048-2048-10 (batch 256) and the conv net (batch 128, 28x28).
+Each repeat times ``steps`` SGD steps of every rule back to back (interleaved, so slow
+drift of the machine hits all rules alike); the ratio is median(rule) / median(bp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from ldfa.sim import models
+from ldfa.sim.layers import convert
+
+RULES = {
+    "bp": dict(rule="bp"),
+    "fa": dict(rule="fa"),
+    "dfa": dict(rule="dfa"),
+    "ld r=10 (oja, kp)": dict(rule="ld", rank=10, p_rule="oja", q_rule="kp"),
+    "ld r=10 (fixed, fixed)": dict(rule="ld", rank=10, p_rule="fixed", q_rule="fixed"),
+    "ldfa r=10 (lowrank)": dict(rule="ldfa", rank=10),
+}
+
+
+def make(name: str, rule_kw: dict, device):
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = models.MLP([784, 2048, 2048, 2048, 10])
+        x = torch.randn(256, 784)
+    else:
+        model = models.ConvNet(in_channels=1, image_size=28)
+        x = torch.randn(128, 1, 28, 28)
+    y = torch.randint(0, 10, (x.shape[0],))
+    convert(model, **rule_kw, clip_rank="rank" in rule_kw)
+    model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    return model, opt, x.to(device), y.to(device)
+
+
+def step(model, opt, x, y):
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(name: str, device, repeats: int, steps: int) -> dict:
+    setups = {rule: make(name, kw, device) for rule, kw in RULES.items()}
+    for s in setups.values():  # warm-up
+        step(*s)
+    times = {rule: [] for rule in RULES}
+    for _ in range(repeats):
+        for rule, s in setups.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(*s)
+            sync(device)
+            times[rule].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--models", default="mlp,cnn")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {device}, "
+          f"torch {torch.__version__}")
+    for name in args.models.split(","):
+        times = bench(name, device, args.repeats, args.steps)
+        base = statistics.median(times["bp"])
+        print(f"\n{name}: ms per step (min / median / max) and ratio of medians to bp")
+        for rule, ts in times.items():
+            ratios = [t / base for t in ts]
+            print(f"  {rule:<24}{1e3 * min(ts):8.2f}{1e3 * statistics.median(ts):8.2f}"
+                  f"{1e3 * max(ts):8.2f}   x{statistics.median(ts) / base:.3f} "
+                  f"(per-repeat {min(ratios):.2f}-{max(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
