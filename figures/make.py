@@ -7,11 +7,12 @@ from pathlib import Path
 
 from ldfa.errors import ConfigError
 
-from . import theory_figs
+from . import mlp_table, theory_figs
 
 FIGURES = {
     "theory_trajectories": theory_figs.theory_trajectories,
     "learning_times": theory_figs.learning_times,
+    "mlp_fashion_table": mlp_table.fashion_mlp_table,
 }
 PRESETS = ("quick", "full")
 

@@ -340,13 +340,13 @@ class DirectLowDim(DFA):
     def input_grad(self, layer, x, g):
         e = self.signal(layer, g)
         if layer.is_output:
-            layer.direct.z = e @ layer.P.t()
-        Q = self._matrix(layer, x, "Q", self.rank)
+            layer.direct.z = e @ layer.P.mT
+        Q = self._matrix(layer, x, "Q", layer.direct.z.shape[-1])  # z is shared: one r for all
         return _to_input_shape(layer.direct.z @ Q, x)
 
     def grads(self, layer, x, g, gW):
         if not (layer.is_output and self.p_rule == "oja"):
             return {}
         d = g * g.shape[0]
-        z = d @ layer.P.t()
-        return {"P": -(z.t() @ d - (z.t() @ z) @ layer.P) / d.shape[0]}
+        z = d @ layer.P.mT
+        return {"P": -(z.mT @ d - (z.mT @ z) @ layer.P) / d.shape[0]}

@@ -1,0 +1,21 @@
+"""Issue 3 acceptance: Fashion-MNIST, MLP 784-256-256-10 (tanh), 2 epochs on CPU, >= 84%."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ldfa.sim.train import TrainConfig, train
+from ldfa.figures.mlp_table import SETTINGS
+
+HAVE_DATA = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists()
+pytestmark = pytest.mark.skipif(not HAVE_DATA and not os.environ.get("CI"),
+                                reason="apt-get install dataset-fashion-mnist (CI installs it)")
+
+
+@pytest.mark.parametrize("kw", [dict(rule="bp"), dict(rule="fa"), dict(rule="dfa"), dict(rule="kp"),
+                                dict(rule="ld", rank=10, p_rule="oja", q_rule="kp")],
+                         ids=["bp", "fa", "dfa", "kp", "ld-r10-oja-kp"])
+def test_two_epochs_reach_84_percent(kw):
+    result = train(TrainConfig(**SETTINGS, **kw, seed=0), progress=False)
+    assert result["test_acc"] >= 0.84
