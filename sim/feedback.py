@@ -68,6 +68,10 @@ class Rule:
     def grads(self, layer, x, g, gW) -> dict:
         return {}
 
+    def backward(self, layer, x, g, gW, need_input: bool):
+        """(error for the layer below or None, {name: .grad of the rule's own matrices})."""
+        return (self.input_grad(layer, x, g) if need_input else None), self.grads(layer, x, g, gW)
+
     def __repr__(self):
         return self.name
 
@@ -207,11 +211,16 @@ class LowDim(Rule):
         return (layer.P.mT @ ops.flat_q(self.q_weight(layer))).reshape(layer.weight.shape)
 
     # -- backward ----------------------------------------------------------------------
-    def input_grad(self, layer, x, g):
+    def backward(self, layer, x, g, gW, need_input: bool):
+        """z = P g once (r numbers per example); the layer below gets Q_wᵀ z."""
         if self.p_rule == "svd":
             self._track_covariance(layer, g)
         z = layer.ops.compress(g, layer.P)
-        return layer.ops.input_grad(z, self.q_weight(layer), x.shape)
+        gx = layer.ops.input_grad(z, self.q_weight(layer), x.shape) if need_input else None
+        return gx, self.grads(layer, x, g, gW, z)
+
+    def input_grad(self, layer, x, g):
+        return self.backward(layer, x, g, None, True)[0]
 
     @torch.no_grad()
     def _track_covariance(self, layer, g):
@@ -224,17 +233,18 @@ class LowDim(Rule):
             layer.P.copy_(V[..., -self.rank:].flip(-1).mT.to(layer.P.dtype))
         layer.steps += 1
 
-    def grads(self, layer, x, g, gW):
+    def grads(self, layer, x, g, gW, z=None):
         out, ops = {}, layer.ops
         P, Wf = layer.P, ops.flat(layer.weight)
         scale = 1.0 / math.sqrt(self.rank) if self.lowrank_scale else 1.0
         Qf = ops.flat_q(self.q_weight(layer))
+        z = ops.compress(g, P) if z is None else z
         if self.p_rule == "oja":
-            # ΔP = η ⟨z δᵀ - z zᵀ P⟩, δ the per-example error (g · batch for a batch-mean loss;
-            # every position of a conv map and every token counts as a sample)
-            d = ops.rows(g) * ops.batch_size(g)
-            z = d @ P.mT
-            out["P"] = -(z.mT @ d - (z.mT @ z) @ P) / d.shape[-2]
+            # ΔP = η ⟨z δᵀ - z zᵀ P⟩ with δ = b·g the per-example error (batch-mean loss over
+            # b examples; every position of a conv map and every token counts as a sample)
+            d, zr = ops.rows(g), ops.rows(z)
+            b2 = ops.batch_size(g) ** 2 / d.shape[-2]
+            out["P"] = -(zr.mT @ d - (zr.mT @ zr) @ P) * b2
         elif self.p_rule == "kp":
             # ΔP = Q_w ΔWᵀ (SPEC: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
             y = ops.forward(x, self.q_weight(layer), None)
@@ -243,7 +253,7 @@ class LowDim(Rule):
             out["P"] = ((Qf @ Qf.mT) @ P - Qf @ Wf.mT) * scale  # ∇P without forming QP - Wᵀ
         if self.q_rule == "kp":
             # ΔQ_w = P ΔW, formed on the batch side: Σ (P g) xᵀ
-            out["Q"] = ops.weight_grad(x, ops.compress(g, P), layer.Q.shape)
+            out["Q"] = ops.weight_grad(x, z, layer.Q.shape)
         elif self.q_rule == "lowrank":
             out["Q"] = (((P @ P.mT) @ Qf - P @ Wf) * scale).reshape(layer.Q.shape)
         elif self.q_rule == "mirror":

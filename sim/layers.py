@@ -49,12 +49,15 @@ class _Feedback(torch.autograd.Function):
         layer = ctx.layer
         x, weight = ctx.saved_tensors
         ops, rule = layer.ops, layer.rule
+        # under autocast the forward ran in low precision; the backward runs in W's dtype
+        x_dtype = x.dtype
+        x, g = x.to(weight.dtype), g.to(weight.dtype)
         gW = ops.weight_grad(x, g, weight.shape)
         gb = ops.bias_grad(g) if ctx.has_bias else None
-        gx = rule.input_grad(layer, x, g) if ctx.needs_input_grad[0] else None
+        gx, extra = rule.backward(layer, x, g, gW, ctx.needs_input_grad[0])
         if layer.track:
             layer.record(x, g, gx)
-        extra = rule.grads(layer, x, g, gW)
+        gx = gx.to(x_dtype) if gx is not None else None
         return (gx, gW, gb, None, *[extra.get(name) for name in rule.learned])
 
 

@@ -277,3 +277,19 @@ def test_bad_input(kwargs, match):
 def test_model_without_convertible_layer():
     with pytest.raises(ConfigError, match="no nn.Linear or nn.Conv2d"):
         convert(nn.Sequential(nn.ReLU(), nn.Tanh()), "fa")
+
+
+@pytest.mark.parametrize("rule,kw", [("fa", {}), ("ld", dict(rank=2)), ("dfa", {}), ("ldfa", dict(rank=2))])
+def test_mixed_precision_autocast(rule, kw):
+    """Forward under bfloat16 autocast; the rule's backward runs in float32, grads match W's dtype."""
+    model = convert(tiny_mlp(), rule, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(X)
+        loss = F.cross_entropy(out, torch.arange(3))
+    assert out.dtype == torch.bfloat16
+    loss.backward()
+    ref = convert(tiny_mlp(), rule, **kw)
+    F.cross_entropy(ref(X), torch.arange(3)).backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert p.grad.dtype == p.dtype and torch.isfinite(p.grad).all(), name
+        assert torch.allclose(p.grad, q.grad, rtol=0.1, atol=2e-2), name  # bf16 forward: ~1e-2
