@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from ldfa.sim import models
 from ldfa.sim.layers import convert
 

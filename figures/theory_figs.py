@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from ldfa.theory.config import TheoryConfig
 from ldfa.theory.integrate import integrate
 from ldfa.theory.predictions import bp_learning_time, fixed_feedback_plateau, mode_learning_times

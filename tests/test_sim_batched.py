@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from ldfa.sim.batched import BatchedMLP, seed_batches, train_batched
-from ldfa.sim.layers import convert, feedback_layers
 from torch import nn
 
 from ldfa.errors import ConfigError
+from ldfa.sim.batched import BatchedMLP, seed_batches, train_batched
+from ldfa.sim.layers import convert, feedback_layers
 
 SEEDS = [3, 7, 11]
 WIDTHS = [12, 10, 4]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ldfa.sim import data as D
 
 from ldfa.errors import ConfigError
+from ldfa.sim import data as D
 
 # ----------------------------------------------------------------------------- helpers
 

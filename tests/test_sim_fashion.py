@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ldfa.sim.train import TrainConfig, train
 from ldfa.figures.mlp_table import SETTINGS
+from ldfa.sim.train import TrainConfig, train
 
 HAVE_DATA = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists()
 pytestmark = pytest.mark.skipif(not HAVE_DATA and not os.environ.get("CI"),

@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from ldfa.sim.layers import convert, feedback_layers, feedback_parameters, set_tracking
 from torch import nn
 
 from ldfa.errors import ConfigError
+from ldfa.sim.layers import convert, feedback_layers, feedback_parameters, set_tracking
 
 
 def tiny_mlp(seed=0):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn as nn
-from ldfa.sim.models import MLP, ConvNet, DeepLinear, VisionTransformer, build
 
 from ldfa.errors import ConfigError
+from ldfa.sim.models import MLP, ConvNet, DeepLinear, VisionTransformer, build
 
 MNIST, MNIST_FLAT, CIFAR = (1, 28, 28), (784,), (3, 32, 32)
 SMALL = {"linear": {"hidden": (32, 16)}, "mlp": {"hidden": (32, 16)},

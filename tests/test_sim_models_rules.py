@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from ldfa.sim import models
 from ldfa.sim.layers import convert, feedback_layers, set_tracking
 
-RULES = [("bp", {}), ("fa", {}), ("dfa", {}), ("sign", dict(scaling="brsf")), ("kp", {}), ("wm", {}),
-         ("ld", dict(rank=2, p_rule="oja", q_rule="kp")), ("ld", dict(rank=2, p_rule="svd", q_rule="aligned")),
+RULES = [("bp", {}), ("fa", {}), ("dfa", {}), ("sign", dict(scaling="brsf")), ("kp", {}),
+         ("wm", {}), ("ld", dict(rank=2, p_rule="oja", q_rule="kp")),
+         ("ld", dict(rank=2, p_rule="svd", q_rule="aligned")),
          ("ld", dict(rank=2, p_rule="fixed", q_rule="mirror")), ("ld", dict(rank=2, direct=True)),
          ("ldfa", dict(rank=2)), ("ldfa-local", dict(rank=2)), ("raf", dict(rank=2))]
 MODELS = {

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import sympy as sp
+from scipy.linalg import subspace_angles
+
 from ldfa.theory import derive, get_rule
 from ldfa.theory.analysis import (
     conserved_quantities,
@@ -23,7 +25,6 @@ from ldfa.theory.predictions import (
     mode_learning_times,
     saxe_mode_strength,
 )
-from scipy.linalg import subspace_angles
 
 u = sp.Symbol("u", positive=True)
 s = sp.Symbol("s", real=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 
 import pytest
+
+from ldfa import cli
+from ldfa.errors import ConfigError
 from ldfa.theory import derive, get_rule
 from ldfa.theory.config import INITS, TheoryConfig
 from ldfa.theory.modes import reduce_to_modes
 from ldfa.theory.rules import P_RULES, Q_RULES
-
-from ldfa import cli
-from ldfa.errors import ConfigError
 
 # a small valid configuration; every bad case below changes one or two values of it
 SMALL = dict(n_in=12, hidden=12, n_out=4, spectrum=(3.0, 2.0), t_max=5.0, n_points=21)

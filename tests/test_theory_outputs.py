@@ -14,13 +14,13 @@ import struct
 
 import numpy as np
 import pytest
+
+from ldfa import cli
 from ldfa.theory import trajectory as trajectory_mod
 from ldfa.theory.config import TheoryConfig
 from ldfa.theory.integrate import integrate, integrate_modes
 from ldfa.theory.rules import P_RULES, PRESETS, Q_RULES
 from ldfa.theory.trajectory import Trajectory
-
-from ldfa import cli
 
 SMALL = dict(n_in=12, hidden=12, n_out=4, spectrum=(3.0, 2.0), t_max=5.0, n_points=21)
 SMALL_ARGS = ["--n-in", "12", "--hidden", "12", "--n-out", "4", "--spectrum", "3,2",
