@@ -124,7 +124,7 @@ def cmd_train(args) -> None:
 
     import torch
 
-    from ldfa.sim.train import TrainConfig, plot_history, train
+    from ldfa.sim.train import TrainConfig, history_to_csv, plot_history, train
 
     model_options = {}
     if args.activation:
@@ -142,6 +142,9 @@ def cmd_train(args) -> None:
     out = _out_dir(args.out)
     stem = args.name or f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
     result = train(cfg, log_path=out / f"{stem}.jsonl", progress=not args.quiet)
+    log = out / f"{stem}.jsonl"
+    if args.format == "csv":
+        log = history_to_csv(result["history"], out / f"{stem}.csv")
     png = plot_history(result["history"], out / f"{stem}.png", title=stem)
     summary = {k: result[k] for k in ("test_acc", "test_loss", "steps", "seconds") if k in result}
     (out / f"{stem}.summary.json").write_text(json.dumps({**summary, "config": result["config"]},
@@ -149,7 +152,7 @@ def cmd_train(args) -> None:
     acc = f"test accuracy {result['test_acc']:.4f}, " if "test_acc" in result else ""
     print(f"{stem}: {acc}test loss {result['test_loss']:.4f}, {result['steps']} steps in "
           f"{result['seconds']:.1f} s")
-    print(f"wrote {out / (stem + '.jsonl')}, {png}")
+    print(f"wrote {log}, {png}")
 
 
 def cmd_figures(args) -> None:
@@ -223,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train")
     p.add_argument("--name", help="file stem")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                   help="metrics log format (JSON lines are also written as training runs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("figures", help="regenerate the paper's figures")

@@ -208,6 +208,19 @@ class _progress:
             self.bar.close()
 
 
+def history_to_csv(history: list[dict], path) -> Path:
+    """The logged rows as CSV; columns are the union of keys (blank where a row lacks one)."""
+    import csv
+
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    return path
+
+
 def plot_history(history: list[dict], path, title: str = "") -> Path:
     """Loss and test accuracy against steps, and the per-layer error angles."""
     import matplotlib
