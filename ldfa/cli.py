@@ -1,4 +1,4 @@
-"""The `ldfa` command line: `ldfa derive`, `ldfa theory`, `ldfa train`, `ldfa figures`.
+"""The `ldfa` command line: `ldfa derive`, `ldfa theory`, `ldfa train`, `ldfa verify`, `ldfa figures`.
 
 Every configuration is validated before any compute starts; a bad value is reported
 in one line naming it and what is allowed (exit status 2).
@@ -155,6 +155,27 @@ def cmd_train(args) -> None:
     print(f"wrote {log}, {png}")
 
 
+def cmd_verify(args) -> int:
+    from ldfa.figures import verify
+
+    if args.only:
+        unknown = [n for n in args.only if n not in verify.CHECKS]
+        if unknown:
+            raise ConfigError(f"unknown prediction {unknown[0]!r}; allowed: {', '.join(verify.CHECKS)}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = _out_dir(args.out)
+    t0 = time.perf_counter()
+    print(verify.HEADER)
+    results = verify.run(args.only, quick=args.quick, out=out)
+    failed = [r.name for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed in "
+          f"{time.perf_counter() - t0:.1f} s; report {out / 'report.json'}, plots verify_*.png")
+    return 1 if failed else 0
+
+
 def cmd_figures(args) -> None:
     from ldfa.figures.make import run
 
@@ -230,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics log format (JSON lines are also written as training runs)")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("verify", help="check every analytic prediction against simulation")
+    p.add_argument("--only", nargs="+", help="prediction names (default: all)")
+    p.add_argument("--quick", action="store_true", help="larger steps, smaller data (minutes on a CPU)")
+    p.add_argument("--out", default="runs/verify", help="folder for report.json and plots")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("figures", help="regenerate the paper's figures")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")
     p.add_argument("--only", nargs="+", help="figure names to draw (default: all)")
@@ -241,11 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except ConfigError as err:
         print(f"ldfa: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
