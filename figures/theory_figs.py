@@ -11,7 +11,7 @@ from ldfa.theory.predictions import bp_learning_time, fixed_feedback_plateau, mo
 from .style import PALETTE, figure, save
 
 SPECTRUM = (5.0, 4.0, 3.0, 2.0, 1.0)
-SIZES = {"quick": 40, "full": 100}
+SIZES = {"quick": 40, "full": 100, "tiny": 12}
 
 
 def theory_trajectories(preset: str, out_dir):

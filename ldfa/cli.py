@@ -179,7 +179,11 @@ def cmd_verify(args) -> int:
 def cmd_figures(args) -> None:
     from ldfa.figures.make import run
 
-    run(args.preset, args.only, args.out)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run(args.preset, args.only, _out_dir(args.out), args.store)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")
     p.add_argument("--only", nargs="+", help="figure names to draw (default: all)")
     p.add_argument("--out", default="figures/out", help="output folder")
+    p.add_argument("--store", default="runs/store", help="results store (cached runs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_figures)
     return parser
 

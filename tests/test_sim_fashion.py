@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ldfa.figures.mlp_table import SETTINGS
+from ldfa.figures.mlp_figs import SETTINGS
 from ldfa.sim.train import TrainConfig, train
 
 HAVE_DATA = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists()

@@ -1,0 +1,140 @@
+"""MLP on Fashion-MNIST: accuracy vs feedback rank (figure d), first-layer receptive
+fields (g), alignment over training (h) and the results table — all from one set of
+cached training runs (figures/store.py), so a re-run only re-plots.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from ldfa.sim.train import TrainConfig, train
+
+from .store import Store
+from .style import PALETTE, figure, save
+
+SETTINGS = dict(model="mlp", hidden=(256, 256), data="fashion-mnist", epochs=2, batch_size=128,
+                optimizer="adam", lr=1e-3, model_options={"activation": "tanh"})
+REFERENCES = {"bp": dict(rule="bp"), "fa": dict(rule="fa"), "dfa": dict(rule="dfa"),
+              "kp": dict(rule="kp"), "wm": dict(rule="wm"), "sign": dict(rule="sign")}
+LD_VARIANTS = {
+    "ldfa (lowrank, svd init)": dict(rule="ldfa"),
+    "ldfa-local (kp, svd init)": dict(rule="ldfa-local"),
+    "raf (oja P, kp Q)": dict(rule="ld", p_rule="oja", q_rule="kp"),
+    "fixed P, Q": dict(rule="ld", p_rule="fixed", q_rule="fixed"),
+}
+RANKS = {"quick": [1, 2, 5, 10, 20], "full": [1, 2, 5, 10, 20, 50, 100], "tiny": [1, 10]}
+SEEDS = {"quick": [0], "full": [0, 1, 2], "tiny": [0]}
+PRESET_SETTINGS = {"quick": {}, "full": {}, "tiny": dict(steps=4, train_subset=512, log_every=2)}
+FIELD_RANKS = (1, 2, 10)
+
+
+def run_cached(store: Store, preset: str, seed: int, **rule_kw) -> dict:
+    """One training run (2 epochs); result: test accuracy and the logged history; arrays:
+    the first layer's weights (for receptive fields)."""
+    config = {**SETTINGS, **PRESET_SETTINGS[preset], **rule_kw, "seed": seed}
+
+    def compute():
+        out = train(TrainConfig(**config), progress=False)
+        first = next(m for m in out["model"].modules() if hasattr(m, "weight") and m.weight.dim() == 2)
+        return ({"test_acc": out["test_acc"], "test_loss": out["test_loss"], "history": out["history"],
+                 "seconds": out["seconds"]}, {"first_layer": first.weight.detach().cpu().numpy()})
+
+    return store.cached("mlp-train", config, compute)
+
+
+def accuracies(store, preset, **rule_kw) -> list[float]:
+    return [run_cached(store, preset, s, **rule_kw)["result"]["test_acc"] for s in SEEDS[preset]]
+
+
+def accuracy_vs_rank(preset: str, out_dir, store: Store | None = None) -> list[Path]:
+    """Figure d: test accuracy against r for the ld variants; other rules as reference lines."""
+    store = store or Store()
+    fig, (ax,) = figure(width=4.6, height=3.2)
+    colors = ["#CC79A7", "#009E73", "#0072B2", "#D55E00"]
+    for (label, kw), c in zip(LD_VARIANTS.items(), colors):
+        means, spreads = [], []
+        for r in RANKS[preset]:
+            accs = accuracies(store, preset, rank=r, **kw)
+            means.append(100 * statistics.mean(accs))
+            spreads.append(100 * (max(accs) - min(accs)) / 2)
+        ax.errorbar(RANKS[preset], means, yerr=spreads, fmt="o-", ms=3, color=c, label=label, capsize=2)
+    handles = []
+    for name, kw in REFERENCES.items():
+        acc = 100 * statistics.mean(accuracies(store, preset, **kw))
+        handles.append(ax.axhline(acc, color=PALETTE[name], lw=0.9, ls="-" if name == "bp" else "--",
+                                  label=f"{name} ({acc:.1f}%)"))
+    ax.axvline(10, color="grey", lw=0.6, ls=":")
+    ax.set(xscale="log", xlabel=r"feedback rank $r$ (dotted: $d$ = 10 classes)",
+           ylabel="test accuracy (%)", title="MLP 784-256-256-10, Fashion-MNIST, 2 epochs")
+    lines = [h for h in ax.get_legend_handles_labels()[0] if h not in handles]
+    first = ax.legend(handles=lines, loc="lower right", title="ld variants")
+    ax.add_artist(first)
+    ax.legend(handles=handles, loc="center right", title="other rules", ncol=2)
+    return save(fig, out_dir, "mlp_accuracy_vs_rank")
+
+
+def receptive_fields(preset: str, out_dir, store: Store | None = None, units: int = 6) -> list[Path]:
+    """Figure g: first-layer weights of hidden units (28 x 28) for ldfa with r = 1, 2, 10 and bp."""
+    store = store or Store()
+    ranks = [r for r in FIELD_RANKS if preset != "tiny" or r in RANKS["tiny"]]
+    rows = [(f"ldfa r = {r}", dict(rule="ldfa", rank=r)) for r in ranks] + [("bp", dict(rule="bp"))]
+    fig, axes = figure(ncols=units, nrows=len(rows), width=0.9, height=0.95)
+    for i, (label, kw) in enumerate(rows):
+        W = run_cached(store, preset, SEEDS[preset][0], **kw)["arrays"]["first_layer"]
+        for j in range(units):
+            ax = axes[i * units + j]
+            img = W[j].reshape(28, 28)
+            lim = np.abs(img).max()
+            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    return save(fig, out_dir, "receptive_fields")
+
+
+def alignment(preset: str, out_dir, store: Store | None = None) -> list[Path]:
+    """Figure h: angle between the delivered error and the bp error, per layer, over training."""
+    store = store or Store()
+    runs = {"fa": dict(rule="fa"), "dfa": dict(rule="dfa"), "ldfa r = 10": dict(rule="ldfa", rank=10),
+            "raf r = 10": dict(rule="ld", rank=10, p_rule="oja", q_rule="kp")}
+    fig, axes = figure(ncols=2, width=3.4)
+    colors = {"fa": PALETTE["fa"], "dfa": PALETTE["dfa"], "ldfa r = 10": "#CC79A7", "raf r = 10": "#0072B2"}
+    for label, kw in runs.items():
+        hist = run_cached(store, preset, SEEDS[preset][0], **kw)["result"]["history"]
+        steps = [h["step"] for h in hist]
+        for ax, layer in zip(axes, ("layers.1", "layers.2")):
+            ax.plot(steps, [h.get(f"{layer}/angle_delta", np.nan) for h in hist], color=colors[label],
+                    label=label)
+    for ax, name in zip(axes, ("error reaching hidden layer 1", "error reaching hidden layer 2")):
+        ax.axhline(90, color="grey", lw=0.6, ls=":")
+        ax.set(xlabel="training step", ylabel="∠(delivered δ, bp δ) (degrees)", title=name, ylim=(0, 100))
+    axes[0].legend(loc="lower left")
+    return save(fig, out_dir, "alignment")
+
+
+def table(preset: str, out_dir, store: Store | None = None) -> list[Path]:
+    """The results table (markdown, CSV, LaTeX): every number read from the store."""
+    store = store or Store()
+    rows = [(name, kw) for name, kw in REFERENCES.items()]
+    rows += [(f"{label}, r = 10", dict(rank=10, **kw)) for label, kw in LD_VARIANTS.items()]
+    lines = ["| rule | test accuracy (mean) | min | max | seeds |", "|---|---|---|---|---|"]
+    tex = [r"\begin{tabular}{lrrr}", r"\toprule", r"rule & mean (\%) & min & max \\", r"\midrule"]
+    csv = ["rule,mean,min,max,seeds"]
+    for label, kw in rows:
+        accs = accuracies(store, preset, **kw)
+        m, lo, hi = 100 * statistics.mean(accs), 100 * min(accs), 100 * max(accs)
+        lines.append(f"| {label} | {m:.1f}% | {lo:.1f}% | {hi:.1f}% | {len(accs)} |")
+        tex.append(f"{label} & {m:.1f} & {lo:.1f} & {hi:.1f} \\\\")
+        csv.append(f"\"{label}\",{m:.4f},{lo:.4f},{hi:.4f},{len(accs)}")
+    tex += [r"\bottomrule", r"\end{tabular}"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "mlp_fashion_table.md", out_dir / "mlp_fashion_table.csv",
+             out_dir / "mlp_fashion_table.tex"]
+    for path, text in zip(paths, ("\n".join(lines), "\n".join(csv), "\n".join(tex))):
+        path.write_text(text + "\n")
+    return paths
