@@ -366,3 +366,60 @@ HEADER = f"{'prediction':<18}{'quantity':<28}{'theory':>10}{'simulation':>12}{'d
 def format_row(r: Result) -> str:
     return (f"{r.name:<18}{r.quantity:<28}{r.theory:>10.4g}{r.simulation:>12.4g}{r.deviation:>11.2e}"
             f"{r.tolerance:>11.2e}  {'pass' if r.passed else 'FAIL'} ({r.seconds:.1f} s)")
+
+
+def simulate_config(cfg: TheoryConfig, eta: float, record_every: int = 1) -> LinearRun:
+    """Simulate exactly the theory configuration ``cfg`` (2 layers): same teacher, same
+    initial W_1, W_2 and feedback matrices, full-batch GD with step η in float64.
+
+    SPEC orientation → weight orientation: B_w = Bᵀ, P_w = P, Q_w = Qᵀ.
+    """
+    from ldfa.theory.integrate import MatrixSystem
+
+    if cfg.layers != 2 or cfg.direct:
+        raise ConfigError("simulate_config covers 2-layer layerwise configurations")
+    system = MatrixSystem(cfg)
+    y0, fixed = system.initial()
+    mats = dict(zip([X.name for X in system.state], system.unpack(y0)))
+    mats.update({X.name: M for X, M in zip(system.fixed, fixed)})
+    Wstar, U, V = (torch.as_tensor(a) for a in (system.Wstar, system.U, system.V))
+    n = max(4 * cfg.n_in, 64)
+    x = torch.linalg.qr(torch.randn(n, cfg.n_in, generator=torch.Generator().manual_seed(cfg.seed),
+                                    dtype=torch.float64))[0] * math.sqrt(n)
+    y = x @ Wstar.T
+    model = models.DeepLinear([cfg.n_in, cfg.hidden, cfg.n_out]).double()
+    extra = dict(svd_refresh=1, svd_momentum=0.0) if cfg.p_rule == "svd" else {}
+    convert(model, cfg.rule, rank=cfg.rank, p_rule=cfg.p_rule, q_rule=cfg.q_rule, **extra)
+    with torch.no_grad():
+        model.layers[0].weight.copy_(torch.as_tensor(mats["W_1"]))
+        model.layers[1].weight.copy_(torch.as_tensor(mats["W_2"]))
+        top = model.layers[1]
+        for name, value in (("B", mats.get("B_2")), ("P", mats.get("P_2")), ("Q", mats.get("Q_2"))):
+            if value is not None and getattr(top, name, None) is not None:
+                value = torch.as_tensor(value)
+                getattr(top, name).copy_(value if name == "P" else value.T)
+    groups = [{"params": [p for n_, p in model.named_parameters() if n_.endswith("weight")], "lr": eta}]
+    fb = [p for n_, p in model.named_parameters() if not n_.endswith("weight")]
+    if fb:
+        scale = {"P": cfg.tau / cfg.tau_p, "Q": cfg.tau / cfg.tau_q, "B": cfg.tau / cfg.tau_b}
+        for n_, p in model.named_parameters():
+            if not n_.endswith("weight"):
+                groups.append({"params": [p], "lr": eta * scale[n_.rsplit(".", 1)[-1]]})
+    opt = torch.optim.SGD(groups, lr=eta)
+    steps = int(round(cfg.t_end / eta))
+    ts, losses, modes = [], [], []
+    for step in range(steps + 1):
+        out = model(x)
+        loss = 0.5 * F.mse_loss(out, y, reduction="sum") / len(x)
+        if step % record_every == 0 or step == steps:
+            with torch.no_grad():
+                Wtot = model.layers[1].weight @ model.layers[0].weight
+                ts.append(step * eta)
+                losses.append(loss.item())
+                modes.append([float(U[:, a] @ Wtot @ V[:, a]) for a in range(U.shape[1])])
+        if step == steps:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return LinearRun(np.array(ts), np.array(losses), np.array(modes), model, (Wstar, U, V))
