@@ -12,16 +12,18 @@ from pathlib import Path
 
 from ldfa.errors import ConfigError
 
-from . import mlp_figs, theory_figs
+from . import mlp_figs, phase_compute, theory_figs
 from .store import Store
 
 FIGURES = {
     "theory_trajectories": theory_figs.theory_trajectories,
+    "phase_diagram": phase_compute.phase_diagram,
     "learning_times": theory_figs.learning_times,
     "mlp_accuracy_vs_rank": mlp_figs.accuracy_vs_rank,
     "receptive_fields": mlp_figs.receptive_fields,
     "alignment": mlp_figs.alignment,
     "mlp_fashion_table": mlp_figs.table,
+    "compute_vs_rank": phase_compute.compute_vs_rank,
 }
 PRESETS = ("quick", "full", "tiny")  # tiny: seconds, for tests
 
