@@ -98,6 +98,13 @@ def simulate(widths, spectrum, rule="bp", eta=0.005, t_end=10.0, init="aligned",
             model.layers[0].weight.zero_()
     convert(model, rule, seed=seed, **rule_kw)
     opt = torch.optim.SGD(model.parameters(), lr=eta)
+    return gradient_descent(model, opt, x, y, eta, t_end, record_every, (Wstar, U, V))
+
+
+def gradient_descent(model, opt, x, y, eta, t_end, record_every, teacher) -> LinearRun:
+    """Full-batch GD on ½ mean ‖y - ŷ‖² until t = t_end (step k at t = kη), recording the loss
+    and the teacher's mode strengths u_αᵀ W_L⋯W_1 v_α every ``record_every`` steps."""
+    _, U, V = teacher
     steps = int(round(t_end / eta))
     ts, losses, modes = [], [], []
     for step in range(steps + 1):
@@ -105,18 +112,18 @@ def simulate(widths, spectrum, rule="bp", eta=0.005, t_end=10.0, init="aligned",
         loss = 0.5 * F.mse_loss(out, y, reduction="sum") / len(x)
         if step % record_every == 0 or step == steps:
             with torch.no_grad():
-                Wtot = torch.eye(n_in, dtype=torch.float64)
+                Wtot = torch.eye(x.shape[1], dtype=x.dtype)
                 for layer in model.layers:
                     Wtot = layer.weight @ Wtot
                 ts.append(step * eta)
                 losses.append(loss.item())
-                modes.append([float(U[:, a] @ Wtot @ V[:, a]) for a in range(k)])
+                modes.append([float(U[:, a] @ Wtot @ V[:, a]) for a in range(U.shape[1])])
         if step == steps:
             break
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return LinearRun(np.array(ts), np.array(losses), np.array(modes), model, (Wstar, U, V))
+    return LinearRun(np.array(ts), np.array(losses), np.array(modes), model, teacher)
 
 
 def crossing_times(run: LinearRun, spectrum, frac=0.5) -> np.ndarray:
@@ -406,20 +413,4 @@ def simulate_config(cfg: TheoryConfig, eta: float, record_every: int = 1) -> Lin
             if not n_.endswith("weight"):
                 groups.append({"params": [p], "lr": eta * scale[n_.rsplit(".", 1)[-1]]})
     opt = torch.optim.SGD(groups, lr=eta)
-    steps = int(round(cfg.t_end / eta))
-    ts, losses, modes = [], [], []
-    for step in range(steps + 1):
-        out = model(x)
-        loss = 0.5 * F.mse_loss(out, y, reduction="sum") / len(x)
-        if step % record_every == 0 or step == steps:
-            with torch.no_grad():
-                Wtot = model.layers[1].weight @ model.layers[0].weight
-                ts.append(step * eta)
-                losses.append(loss.item())
-                modes.append([float(U[:, a] @ Wtot @ V[:, a]) for a in range(U.shape[1])])
-        if step == steps:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return LinearRun(np.array(ts), np.array(losses), np.array(modes), model, (Wstar, U, V))
+    return gradient_descent(model, opt, x, y, eta, cfg.t_end, record_every, (Wstar, U, V))
