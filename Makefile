@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install -q -c constraints.txt -e ".[dev]"
 FMNIST = /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
-.PHONY: install data figures test bench
+.PHONY: install data figures test bench paper
 
 install:
 	$(PIP_INSTALL)
@@ -22,3 +22,10 @@ test: install data          ## lint, then the test suite
 bench: install data         ## speed benchmarks (ratios measured in one run)
 	$(PYTHON) bench/bench_theory.py
 	$(PYTHON) bench/bench_step.py
+
+paper: figures              ## the manuscript: generated inputs, then latexmk (Debian's texlive)
+	@command -v latexmk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends texlive-latex-base texlive-latex-recommended \
+	  texlive-latex-extra latexmk)
+	$(PYTHON) -m ldfa.cli paper --preset quick --out paper/generated
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error main.tex

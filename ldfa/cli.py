@@ -176,6 +176,17 @@ def cmd_verify(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_paper(args) -> None:
+    from ldfa.figures.paper import generate
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for path in generate(args.preset, args.store, _out_dir(args.out)):
+        print(f"wrote {path}")
+
+
 def cmd_figures(args) -> None:
     from ldfa.figures.make import run
 
@@ -261,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/verify", help="folder for report.json and plots")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("paper", help="write the manuscript's generated inputs (paper/generated)")
+    p.add_argument("--preset", default="quick", help="quick or full (must match `ldfa figures`)")
+    p.add_argument("--store", default="runs/store", help="results store (cached runs)")
+    p.add_argument("--out", default="paper/generated")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("figures", help="regenerate the paper's figures")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")
