@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from functools import partial
 from pathlib import Path
 
 from ldfa.errors import ConfigError
@@ -20,6 +21,8 @@ FIGURES = {
     "phase_diagram": phase_compute.phase_diagram,
     "learning_times": theory_figs.learning_times,
     "mlp_accuracy_vs_rank": mlp_figs.accuracy_vs_rank,
+    "cnn_accuracy_vs_rank": partial(mlp_figs.accuracy_vs_rank, suite="cnn"),
+    "vit_accuracy_vs_rank": partial(mlp_figs.accuracy_vs_rank, suite="vit"),
     "receptive_fields": mlp_figs.receptive_fields,
     "alignment": mlp_figs.alignment,
     "mlp_fashion_table": mlp_figs.table,

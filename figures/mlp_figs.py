@@ -1,6 +1,7 @@
-"""MLP on Fashion-MNIST: accuracy vs feedback rank (figure d), first-layer receptive
-fields (g), alignment over training (h) and the results table — all from one set of
-cached training runs (figures/store.py), so a re-run only re-plots.
+"""Fashion-MNIST experiments: accuracy vs feedback rank for the MLP (figure d), the conv
+net (e) and the vision transformer (f); the MLP's first-layer receptive fields (g),
+alignment over training (h) and the results table — all from cached training runs
+(figures/store.py), so a re-run only re-plots.
 """
 
 from __future__ import annotations
@@ -27,53 +28,85 @@ LD_VARIANTS = {
 }
 RANKS = {"quick": [1, 2, 5, 10, 20], "full": [1, 2, 5, 10, 20, 50, 100], "tiny": [1, 10]}
 SEEDS = {"quick": [0], "full": [0, 1, 2], "tiny": [0]}
-PRESET_SETTINGS = {"quick": {}, "full": {}, "tiny": dict(steps=4, train_subset=512, log_every=2)}
+PRESET_SETTINGS = {"quick": {}, "full": {}, "tiny": dict(steps=4, train_subset=512, test_subset=500,
+                                                               log_every=2)}
 FIELD_RANKS = (1, 2, 10)
 
+_LEARNED = ("ldfa (lowrank, svd init)", "ldfa-local (kp, svd init)")
+_SMALL_CONV = dict(model="cnn", data="fashion-mnist", epochs=2, batch_size=128, optimizer="adam", lr=1e-3,
+                   clip_rank=True)
+SUITES = {
+    "mlp": dict(settings=SETTINGS, variants=LD_VARIANTS, refs=REFERENCES, ranks=RANKS,
+                title="MLP 784-256-256-10, Fashion-MNIST, 2 epochs"),
+    # quick: 10 000 training images, small models (CPU); full: all images, paper-scale models (GPU)
+    "cnn": dict(settings={**_SMALL_CONV, "model_options": {"channels": (16, 32, 32), "hidden": 64}},
+                full={"model_options": {}, "epochs": 5},
+                quick={"train_subset": 10000},
+                variants={k: LD_VARIANTS[k] for k in _LEARNED},
+                refs={k: REFERENCES[k] for k in ("bp", "fa", "dfa")},
+                ranks={"quick": [1, 4, 16], "full": [1, 2, 4, 8, 16, 32], "tiny": [1, 4]},
+                title="conv net (3 conv + 2 fc), Fashion-MNIST"),
+    "vit": dict(settings={**_SMALL_CONV, "model": "vit",
+                          "model_options": {"width": 64, "depth": 2, "heads": 4, "patch": 4}},
+                full={"model_options": {"width": 128, "depth": 4, "heads": 4, "patch": 4}, "epochs": 10},
+                quick={"train_subset": 10000},
+                variants={k: LD_VARIANTS[k] for k in _LEARNED},
+                refs={k: REFERENCES[k] for k in ("bp", "fa", "dfa")},
+                ranks={"quick": [1, 4, 16], "full": [1, 2, 4, 8, 16, 32], "tiny": [1, 4]},
+                title="vision transformer, Fashion-MNIST"),
+}
 
-def run_cached(store: Store, preset: str, seed: int, **rule_kw) -> dict:
-    """One training run (2 epochs); result: test accuracy and the logged history; arrays:
-    the first layer's weights (for receptive fields)."""
-    config = {**SETTINGS, **PRESET_SETTINGS[preset], **rule_kw, "seed": seed}
+
+def run_cached(store: Store, preset: str, seed: int, suite: str = "mlp", **rule_kw) -> dict:
+    """One training run of ``suite``; result: test accuracy and the logged history; arrays
+    (MLP only): the first layer's weights, for receptive fields."""
+    spec = SUITES[suite]
+    config = {**spec["settings"], **spec.get(preset, {}), **PRESET_SETTINGS[preset], **rule_kw,
+              "seed": seed}
 
     def compute():
         out = train(TrainConfig(**config), progress=False)
+        result = {"test_acc": out["test_acc"], "test_loss": out["test_loss"], "history": out["history"],
+                  "seconds": out["seconds"]}
+        if suite != "mlp":
+            return result
         first = next(m for m in out["model"].modules() if hasattr(m, "weight") and m.weight.dim() == 2)
-        return ({"test_acc": out["test_acc"], "test_loss": out["test_loss"], "history": out["history"],
-                 "seconds": out["seconds"]}, {"first_layer": first.weight.detach().cpu().numpy()})
+        return result, {"first_layer": first.weight.detach().cpu().numpy()}
 
-    return store.cached("mlp-train", config, compute)
-
-
-def accuracies(store, preset, **rule_kw) -> list[float]:
-    return [run_cached(store, preset, s, **rule_kw)["result"]["test_acc"] for s in SEEDS[preset]]
+    return store.cached("mlp-train" if suite == "mlp" else f"{suite}-train", config, compute)
 
 
-def accuracy_vs_rank(preset: str, out_dir, store: Store | None = None) -> list[Path]:
-    """Figure d: test accuracy against r for the ld variants; other rules as reference lines."""
+def accuracies(store, preset, suite="mlp", **rule_kw) -> list[float]:
+    return [run_cached(store, preset, s, suite, **rule_kw)["result"]["test_acc"] for s in SEEDS[preset]]
+
+
+def accuracy_vs_rank(preset: str, out_dir, store: Store | None = None, suite: str = "mlp") -> list[Path]:
+    """Figures d, e, f: test accuracy against r for the ld variants; other rules as lines."""
     store = store or Store()
+    spec = SUITES[suite]
+    ranks = spec["ranks"][preset]
     fig, (ax,) = figure(width=4.6, height=3.2)
     colors = ["#CC79A7", "#009E73", "#0072B2", "#D55E00"]
-    for (label, kw), c in zip(LD_VARIANTS.items(), colors):
+    for (label, kw), c in zip(spec["variants"].items(), colors):
         means, spreads = [], []
-        for r in RANKS[preset]:
-            accs = accuracies(store, preset, rank=r, **kw)
+        for r in ranks:
+            accs = accuracies(store, preset, suite, rank=r, **kw)
             means.append(100 * statistics.mean(accs))
             spreads.append(100 * (max(accs) - min(accs)) / 2)
-        ax.errorbar(RANKS[preset], means, yerr=spreads, fmt="o-", ms=3, color=c, label=label, capsize=2)
+        ax.errorbar(ranks, means, yerr=spreads, fmt="o-", ms=3, color=c, label=label, capsize=2)
     handles = []
-    for name, kw in REFERENCES.items():
-        acc = 100 * statistics.mean(accuracies(store, preset, **kw))
+    for name, kw in spec["refs"].items():
+        acc = 100 * statistics.mean(accuracies(store, preset, suite, **kw))
         handles.append(ax.axhline(acc, color=PALETTE[name], lw=0.9, ls="-" if name == "bp" else "--",
                                   label=f"{name} ({acc:.1f}%)"))
     ax.axvline(10, color="grey", lw=0.6, ls=":")
     ax.set(xscale="log", xlabel=r"feedback rank $r$ (dotted: $d$ = 10 classes)",
-           ylabel="test accuracy (%)", title="MLP 784-256-256-10, Fashion-MNIST, 2 epochs")
+           ylabel="test accuracy (%)", title=spec["title"])
     lines = [h for h in ax.get_legend_handles_labels()[0] if h not in handles]
     first = ax.legend(handles=lines, loc="lower right", title="ld variants")
     ax.add_artist(first)
     ax.legend(handles=handles, loc="center right", title="other rules", ncol=2)
-    return save(fig, out_dir, "mlp_accuracy_vs_rank")
+    return save(fig, out_dir, f"{suite}_accuracy_vs_rank")
 
 
 def receptive_fields(preset: str, out_dir, store: Store | None = None, units: int = 6) -> list[Path]:

@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "cpu"
     log_every: int = 100
     train_subset: int | None = None
+    test_subset: int | None = None
     model_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -92,6 +93,8 @@ def build(cfg: TrainConfig):
     test_set = datasets.load(cfg.data, cfg.data_root, "test", flatten=flat)
     if cfg.train_subset:
         train_set = train_set.subset(cfg.train_subset)
+    if cfg.test_subset:
+        test_set = test_set.subset(cfg.test_subset)
     classes = train_set.num_classes or train_set.y.shape[1]
     torch.manual_seed(cfg.seed)
     kw = dict(cfg.model_options)
