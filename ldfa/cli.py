@@ -141,7 +141,8 @@ def cmd_train(args) -> None:
         torch.set_num_threads(args.threads)
     out = _out_dir(args.out)
     stem = args.name or f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
-    result = train(cfg, log_path=out / f"{stem}.jsonl", progress=not args.quiet)
+    result = train(cfg, log_path=out / f"{stem}.jsonl", progress=not args.quiet,
+                   checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     log = out / f"{stem}.jsonl"
     if args.format == "csv":
         log = history_to_csv(result["history"], out / f"{stem}.csv")
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train")
     p.add_argument("--name", help="file stem")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint", help="checkpoint file: saved during training, resumed from if present")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
                    help="metrics log format (JSON lines are also written as training runs)")
     p.set_defaults(func=cmd_train)
@@ -297,6 +300,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"ldfa: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a diverged run: what was logged is kept
+        print(f"ldfa: stopped: {err}", file=sys.stderr)
+        return 3
     return status or 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,26 +140,59 @@ def evaluate(model, dataset, batch_size=1000) -> dict:
     return out
 
 
-def train(cfg: TrainConfig, log_path=None, progress: bool = True) -> dict:
-    """Train; append a JSON line per logging step to ``log_path``; return the summary."""
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; what was logged up to then is kept."""
+
+
+def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=None,
+          checkpoint_every: int = 0) -> dict:
+    """Train; append a JSON line per logging step to ``log_path``; return the summary.
+
+    With ``checkpoint`` (a path) the full state — model (W, B, P, Q), optimizer, data order
+    and RNG states, history — is saved atomically every ``checkpoint_every`` steps, and a run
+    started again with the same checkpoint resumes where it stopped, bit-identically on CPU.
+    """
     model, train_set, test_set = build(cfg)
     opt = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
     gen = torch.Generator(device=train_set.device).manual_seed(cfg.seed)
-    log = open(log_path, "w") if log_path else None  # noqa: SIM115
-    history, bar = [], _progress(total, progress, cfg)
-    batches, epoch, t0 = iter(()), 0, time.perf_counter()
-    for step in range(1, total + 1):
+    history, start, epoch, in_epoch, epoch_gen = [], 1, 0, 0, None
+    if checkpoint and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, cfg)
+        _load_model_state(model, state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start, epoch = state["history"], state["step"] + 1, state["epoch"]
+        in_epoch, epoch_gen = state["in_epoch"], state["epoch_gen"]
+    batches = iter(())
+    if epoch_gen is not None:  # re-enter the interrupted epoch: same permutation, skip what was done
+        gen.set_state(epoch_gen)
+        batches = train_set.batches(cfg.batch_size, shuffle=True, generator=gen)
+        for _ in range(in_epoch):
+            next(batches)
+    log = open(log_path, "a" if start > 1 else "w") if log_path else None  # noqa: SIM115
+    bar, t0 = _progress(total, progress, cfg), time.perf_counter()
+    bar.update(start - 1, float("nan"))
+    for step in range(start, total + 1):
         try:
             x, y = next(batches)
         except StopIteration:
-            batches, epoch = train_set.batches(cfg.batch_size, shuffle=True, generator=gen), epoch + 1
+            epoch_gen, epoch, in_epoch = gen.get_state(), epoch + 1, 0
+            batches = train_set.batches(cfg.batch_size, shuffle=True, generator=gen)
             x, y = next(batches)
+        in_epoch += 1
         track = step % cfg.log_every == 0 or step == total
         set_tracking(model, track)
         out = model(x)
         loss = loss_fn(out, y)
+        if not math.isfinite(loss.item()):
+            if log:
+                log.write(json.dumps({"step": step, "loss": loss.item(), "status": "diverged"}) + "\n")
+                log.close()
+            bar.close()
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step} ({cfg.rule}, lr {cfg.lr}); "
+                                   f"{len(history)} logged rows kept; lower the lr or clamp gradients")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clamp:
@@ -166,8 +200,6 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True) -> dict:
                 if p.grad is not None:
                     p.grad.clamp_(-cfg.clamp, cfg.clamp)
         opt.step()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the lr")
         if track:
             row = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item()}
             if y.dtype == torch.long:
@@ -181,6 +213,8 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True) -> dict:
             if log:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+        if checkpoint and checkpoint_every and (step % checkpoint_every == 0 or step == total):
+            save_checkpoint(checkpoint, cfg, model, opt, step, epoch, in_epoch, epoch_gen, history)
         bar.update(1, loss.item())
     set_tracking(model, False)
     bar.close()
@@ -189,6 +223,47 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True) -> dict:
     final = evaluate(model, test_set)
     return {"config": dataclasses.asdict(cfg), "history": history, **final,
             "steps": total, "seconds": time.perf_counter() - t0, "model": model}
+
+
+def save_checkpoint(path, cfg, model, opt, step, epoch, in_epoch, epoch_gen, history) -> None:
+    """Everything needed to continue bit-identically, written to a temporary file then renamed."""
+    state = {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch, "in_epoch": in_epoch,
+             "epoch_gen": epoch_gen, "history": history}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, cfg: TrainConfig) -> dict:
+    """The saved state; a corrupt file or one from another configuration is a one-line error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        keys = {"model", "optimizer", "torch_rng", "step", "epoch", "in_epoch", "epoch_gen", "history"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise ValueError("missing entries")
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ConfigError(f"checkpoint {path} is corrupt ({type(err).__name__}: {err}); "
+                          "delete it to start the run over") from None
+    if state.get("config") != dataclasses.asdict(cfg):
+        raise ConfigError(f"checkpoint {path} was written by another configuration; use a new path "
+                          "or delete it")
+    return state
+
+
+def _load_model_state(model, saved: dict) -> None:
+    """Load W, B, P, Q; buffers a rule creates lazily (dfa's D, direct ld's Q) come back from
+    their fixed seeds, so they may be absent from the fresh model."""
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    lazy = [k for k in unexpected if k.rsplit(".", 1)[-1] in ("D", "Q")]
+    for k in lazy:
+        module = model.get_submodule(k.rsplit(".", 1)[0])
+        module.register_buffer(k.rsplit(".", 1)[-1], saved[k].clone())
+    if missing or len(lazy) != len(unexpected):
+        raise ConfigError(f"checkpoint does not match the model: missing {missing}, unexpected "
+                          f"{[k for k in unexpected if k not in lazy]}")
 
 
 class _progress:

@@ -1,0 +1,84 @@
+"""Issue 8 (in progress): checkpoints resume bit-identically; NaN stops a run cleanly;
+corrupt checkpoints and data files are one-line errors."""
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from ldfa import cli
+from ldfa.errors import ConfigError
+from ldfa.sim import data as datasets
+from ldfa.sim import train as training
+from ldfa.sim.train import TrainConfig, TrainingDiverged, train
+
+SMALL = dict(model="mlp", hidden=(16,), data="linear-teacher", steps=24, batch_size=32, log_every=4,
+             optimizer="adam", lr=1e-2, train_subset=512)
+
+
+@pytest.mark.parametrize("rule_kw", [dict(rule="ld", rank=3, p_rule="oja", q_rule="kp"),
+                                     dict(rule="dfa"), dict(rule="wm"),
+                                     dict(rule="ld", rank=2, p_rule="svd", q_rule="aligned")])
+def test_resume_is_bit_identical(tmp_path, monkeypatch, rule_kw):
+    cfg = TrainConfig(**SMALL, **rule_kw)
+    straight = train(cfg, progress=False)["model"].state_dict()
+    ckpt = tmp_path / "run.pt"
+    calls = {"n": 0}
+    original = training.loss_fn
+
+    def crashing(out, y):  # the process "dies" in step 15
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return original(out, y)
+
+    monkeypatch.setattr(training, "loss_fn", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5)
+    monkeypatch.setattr(training, "loss_fn", original)
+    assert torch.load(ckpt, weights_only=False)["step"] == 10
+    resumed = train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5)
+    for k, v in straight.items():
+        assert torch.equal(resumed["model"].state_dict()[k], v), k
+    assert [h["step"] for h in resumed["history"]] == [4, 8, 12, 16, 20, 24]
+
+
+def test_nan_stops_the_run_and_keeps_the_log(tmp_path):
+    cfg = TrainConfig(**{**SMALL, "lr": 1e6, "optimizer": "sgd", "log_every": 1})
+    log = tmp_path / "log.jsonl"
+    with pytest.raises(TrainingDiverged, match="loss became .* at step"):
+        train(cfg, log_path=log, progress=False)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert rows[-1]["status"] == "diverged" and len(rows) >= 2
+    assert all(r["step"] == i + 1 for i, r in enumerate(rows))
+
+
+def test_nan_through_the_cli(tmp_path, capsys):
+    code = cli.main(["train", "--data", "linear-teacher", "--model", "mlp", "--hidden", "8", "--steps",
+                     "30", "--optimizer", "sgd", "--lr", "1e6", "--log-every", "1", "--quiet",
+                     "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and err[0].startswith("ldfa: stopped: loss became")
+
+
+def test_corrupt_or_foreign_checkpoint(tmp_path):
+    cfg = TrainConfig(**SMALL, rule="fa")
+    ckpt = tmp_path / "run.pt"
+    train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="is corrupt"):
+        train(cfg, progress=False, checkpoint=ckpt)
+    ckpt.unlink()
+    train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5)
+    with pytest.raises(ConfigError, match="another configuration"):
+        train(TrainConfig(**SMALL, rule="bp"), progress=False, checkpoint=ckpt)
+
+
+def test_corrupt_dataset_file(tmp_path):
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    images.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 20))
+    labels.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x05"))
+    with pytest.raises(datasets.DatasetError, match=str(images)):
+        datasets.mnist(tmp_path, "test")
