@@ -188,6 +188,21 @@ def cmd_paper(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_sweep(args) -> int:
+    from ldfa.figures import sweep
+
+    config = sweep.load_config(args.config)
+    store = args.store or config.get("store", "runs/store")
+    workers = args.workers or config.get("workers", 2)
+    sweep.expand(config)  # every run validated before any compute
+    results = sweep.sweep(config, store, workers, args.executor, args.retry_failed, args.folder)
+    failed = sum(r.get("status") == "failed" for r in results)
+    cached = sum(r["cached"] for r in results)
+    print(f"{len(results)} runs: {cached} from the store, {len(results) - cached} computed, "
+          f"{failed} failed; store {store}")
+    return 1 if failed else 0
+
+
 def cmd_figures(args) -> None:
     from ldfa.figures.make import run
 
@@ -282,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="paper/generated")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("sweep", help="run a grid of training runs into the results store")
+    p.add_argument("config", help="JSON file: base, grid, include, store, workers")
+    p.add_argument("--store", help="results store (default: the config's, else runs/store)")
+    p.add_argument("--workers", type=int, help="local processes (default: the config's, else 2)")
+    p.add_argument("--executor", default="local", help="local, slurm (submitit), submitit-local")
+    p.add_argument("--folder", default="runs/submitit", help="submitit log folder")
+    p.add_argument("--retry-failed", action="store_true", help="run again what diverged before")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("figures", help="regenerate the paper's figures")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")

@@ -17,9 +17,11 @@ from ldfa.errors import ConfigError
 
 from . import data as datasets
 from . import models
+from .feedback import P_RULES, PRESETS, Q_RULES
 from .layers import RULES, convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LD_RULES = ("ld", *PRESETS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,17 @@ class TrainConfig:
             raise ConfigError(f"epochs={self.epochs!r}: must be a positive number")
         if not (self.lr > 0):
             raise ConfigError(f"lr={self.lr!r}: must be positive")
+        is_ld = self.rule in LD_RULES
+        if is_ld and self.rank is None:
+            raise ConfigError(f"rule {self.rule!r} needs a rank r (--rank)")
+        if not is_ld and self.rank is not None:
+            raise ConfigError(f"rank applies to ld rules only, not to {self.rule!r}")
+        if not is_ld and (self.p_rule or self.q_rule):
+            raise ConfigError(f"--p-rule/--q-rule apply to ld rules only, not to {self.rule!r}")
+        if self.p_rule and self.p_rule not in P_RULES:
+            raise ConfigError(f"unknown p_rule {self.p_rule!r}; allowed: {', '.join(P_RULES)}")
+        if self.q_rule and self.q_rule not in Q_RULES:
+            raise ConfigError(f"unknown q_rule {self.q_rule!r}; allowed: {', '.join(Q_RULES)}")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"device={self.device!r}; allowed: cpu, cuda, cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
