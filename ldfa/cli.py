@@ -143,6 +143,8 @@ def cmd_train(args) -> None:
     stem = args.name or f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
     result = train(cfg, log_path=out / f"{stem}.jsonl", progress=not args.quiet,
                    checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+    if result["rank"] != 0:  # under torchrun only the first process writes
+        return
     log = out / f"{stem}.jsonl"
     if args.format == "csv":
         log = history_to_csv(result["history"], out / f"{stem}.csv")

@@ -167,13 +167,16 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
     """
     model, train_set, test_set = build(cfg)
     opt = make_optimizer(cfg, model)
+    model, rank, world = _distributed(model, cfg)
+    core = model.module if world > 1 else model  # the network itself (DDP wraps it)
+    log_path = log_path if rank == 0 else None
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
     gen = torch.Generator(device=train_set.device).manual_seed(cfg.seed)
     history, start, epoch, in_epoch, epoch_gen = [], 1, 0, 0, None
     if checkpoint and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, cfg)
-        _load_model_state(model, state["model"])
+        _load_model_state(core, state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         history, start, epoch = state["history"], state["step"] + 1, state["epoch"]
@@ -195,6 +198,8 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
             batches = train_set.batches(cfg.batch_size, shuffle=True, generator=gen)
             x, y = next(batches)
         in_epoch += 1
+        if world > 1:  # every process draws the same batch and trains on its share
+            x, y = x[rank::world], y[rank::world]
         track = step % cfg.log_every == 0 or step == total
         set_tracking(model, track)
         out = model(x)
@@ -217,7 +222,7 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
             row = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item()}
             if y.dtype == torch.long:
                 row["acc"] = float((out.argmax(1) == y).float().mean())
-            for name, layer in feedback_layers(model):
+            for name, layer in feedback_layers(core):
                 row.update({f"{name}/{k}": v for k, v in layer.stats.items()})
             if step % steps_per_epoch == 0 or step == total:
                 row.update(evaluate(model, test_set))
@@ -226,16 +231,34 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
             if log:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-        if checkpoint and checkpoint_every and (step % checkpoint_every == 0 or step == total):
-            save_checkpoint(checkpoint, cfg, model, opt, step, epoch, in_epoch, epoch_gen, history)
+        if checkpoint and checkpoint_every and rank == 0 and (step % checkpoint_every == 0 or step == total):
+            save_checkpoint(checkpoint, cfg, core, opt, step, epoch, in_epoch, epoch_gen, history)
         bar.update(1, loss.item())
     set_tracking(model, False)
     bar.close()
     if log:
         log.close()
-    final = evaluate(model, test_set)
-    return {"config": dataclasses.asdict(cfg), "history": history, **final,
-            "steps": total, "seconds": time.perf_counter() - t0, "model": model}
+    final = evaluate(core, test_set)
+    return {"config": dataclasses.asdict(cfg), "history": history, **final, "rank": rank, "world": world,
+            "steps": total, "seconds": time.perf_counter() - t0, "model": core}
+
+
+def _distributed(model, cfg):
+    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo on CPU, nccl on CUDA)
+    and wrap the model in DistributedDataParallel; the rules' updates sit in .grad, so DDP
+    averages them with the weight gradients. Returns (model, rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return model, 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+    rank = dist.get_rank()
+    device_ids = [torch.device(cfg.device).index or 0] if cfg.device.startswith("cuda") else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids), rank, world
 
 
 def save_checkpoint(path, cfg, model, opt, step, epoch, in_epoch, epoch_gen, history) -> None:
