@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldfa.sim.train import TrainConfig, train
+from ldfa.sim.train import TrainConfig, TrainingDiverged, train
 
 from .store import Store
 from .style import PALETTE, figure, save
@@ -65,7 +65,10 @@ def run_cached(store: Store, preset: str, seed: int, suite: str = "mlp", **rule_
               "seed": seed}
 
     def compute():
-        out = train(TrainConfig(**config), progress=False)
+        try:
+            out = train(TrainConfig(**config), progress=False)
+        except TrainingDiverged as err:  # stored as failed: plotted as a gap, not retried
+            return {"status": "failed", "error": str(err), "test_acc": float("nan"), "history": []}
         result = {"test_acc": out["test_acc"], "test_loss": out["test_loss"], "history": out["history"],
                   "seconds": out["seconds"]}
         if suite != "mlp":
@@ -116,7 +119,10 @@ def receptive_fields(preset: str, out_dir, store: Store | None = None, units: in
     rows = [(f"ldfa r = {r}", dict(rule="ldfa", rank=r)) for r in ranks] + [("bp", dict(rule="bp"))]
     fig, axes = figure(ncols=units, nrows=len(rows), width=0.9, height=0.95)
     for i, (label, kw) in enumerate(rows):
-        W = run_cached(store, preset, SEEDS[preset][0], **kw)["arrays"]["first_layer"]
+        entry = run_cached(store, preset, SEEDS[preset][0], **kw)
+        if "arrays" not in entry:  # a diverged run has no weights to show
+            continue
+        W = entry["arrays"]["first_layer"]
         for j in range(units):
             ax = axes[i * units + j]
             img = W[j].reshape(28, 28)

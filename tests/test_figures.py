@@ -81,3 +81,19 @@ def test_store_detects_corrupt_entries(tmp_path):
     # a different config is a different key; no temporary files are left behind
     assert store.key("demo", {"a": 2}) != key
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_diverged_figure_run_is_stored_as_failed(tmp_path, monkeypatch):
+    from ldfa.figures import mlp_figs
+    from ldfa.sim.train import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("loss became nan at step 3")
+
+    monkeypatch.setattr(mlp_figs, "train", diverge)
+    store = Store(tmp_path)
+    entry = mlp_figs.run_cached(store, "tiny", 0, rule="bp")
+    assert entry["result"]["status"] == "failed"
+    again = Store(tmp_path)
+    assert mlp_figs.run_cached(again, "tiny", 0, rule="bp")["result"]["status"] == "failed"
+    assert again.hits == 1 and again.misses == 0  # not retried
