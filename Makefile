@@ -20,10 +20,7 @@ test: install data          ## lint, then the test suite
 	$(PYTHON) -m pytest -q
 
 bench: install data         ## speed benchmarks (ratios measured in one run)
-	$(PYTHON) bench/bench_theory.py
-	$(PYTHON) bench/bench_step.py
-	$(PYTHON) bench/bench_ode_vs_sim.py
-	$(PYTHON) bench/bench_memory.py
+	$(PYTHON) -m ldfa.cli bench
 
 paper: figures              ## the manuscript: generated inputs, then latexmk (Debian's texlive)
 	@command -v latexmk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

@@ -205,6 +205,26 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+BENCHES = ("theory", "step", "ode_vs_sim", "memory", "batched", "biotorch")
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+
+    folder = Path(__file__).resolve().parent.parent / "bench"
+    if not folder.is_dir():
+        raise ConfigError(f"benchmarks live in the source checkout ({folder} not found); run from a clone")
+    names = args.only or [n for n in BENCHES if n != "biotorch"]
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        raise ConfigError(f"unknown benchmark {unknown[0]!r}; allowed: {', '.join(BENCHES)}")
+    status = 0
+    for name in names:
+        print(f"== bench/bench_{name}.py", flush=True)
+        status |= subprocess.run([sys.executable, str(folder / f"bench_{name}.py")]).returncode
+    return status
+
+
 def cmd_figures(args) -> None:
     from ldfa.figures.make import run
 
@@ -308,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", default="runs/submitit", help="submitit log folder")
     p.add_argument("--retry-failed", action="store_true", help="run again what diverged before")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("bench", help="run the speed and memory benchmarks (from a source checkout)")
+    p.add_argument("--only", nargs="+", help="theory, step, ode_vs_sim, memory, batched, biotorch "
+                   "(default: all but biotorch, an optional dependency)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("figures", help="regenerate the paper's figures")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")

@@ -313,3 +313,10 @@ def test_cli_out_below_an_existing_file(capsys, tmp_path):
     (tmp_path / "f").write_text("x")
     argv = ["theory", "bp", *SMALL_ARGS, "--out", str(tmp_path / "f" / "sub")]
     assert_one_line_error(*run_cli(capsys, argv), "--out")
+
+
+def test_bench_rejects_unknown_names(capsys):
+    from ldfa import cli
+
+    assert cli.main(["bench", "--only", "nope"]) == 2
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
