@@ -76,29 +76,36 @@ COMPUTE = {"quick": dict(width=1024, ranks=[1, 4, 16, 64, 256, 1024], repeats=9,
            "tiny": dict(width=64, ranks=[1, 8, 64], repeats=1, steps=1)}
 
 
-def _times(model, x, y, repeats, steps):
-    """Median seconds of forward, forward+backward and a full SGD step."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    fwd, fb, full = [], [], []
+def _time_once(model, opt, x, y, steps):
+    """Seconds per call of forward, forward+backward and a full SGD step (one sample each)."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        with torch.no_grad():
+            model(x)
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+    t2 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    t3 = time.perf_counter()
+    return (t1 - t0) / steps, (t2 - t1) / steps, (t3 - t2) / steps
+
+
+def _interleaved(models_, x, y, repeats, steps):
+    """Median (forward, forward+backward, step) seconds per model, the models timed in turn
+    within every repeat so that drift of the machine hits them alike."""
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-4) for m in models_]
+    for m, o in zip(models_, opts):
+        _time_once(m, o, x, y, 1)  # warm-up
+    samples = [[] for _ in models_]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            with torch.no_grad():
-                model(x)
-        t1 = time.perf_counter()
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-        t2 = time.perf_counter()
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        t3 = time.perf_counter()
-        fwd.append((t1 - t0) / steps)
-        fb.append((t2 - t1) / steps)
-        full.append((t3 - t2) / steps)
-    return statistics.median(fwd), statistics.median(fb), statistics.median(full)
+        for i, (m, o) in enumerate(zip(models_, opts)):
+            samples[i].append(_time_once(m, o, x, y, steps))
+    return [tuple(statistics.median(s[j] for s in samples[i]) for j in range(3)) for i in range(len(models_))]
 
 
 def compute_vs_rank(preset: str, out_dir, store: Store | None = None):
@@ -115,10 +122,10 @@ def compute_vs_rank(preset: str, out_dir, store: Store | None = None):
             torch.manual_seed(0)
             return convert(models.MLP([784, c["width"], c["width"], c["width"], 10]), clip_rank=True, **kw)
 
-        bp = _times(build(rule="bp"), x, y, c["repeats"], c["steps"])
-        rows = [_times(build(rule="ld", rank=r, p_rule="fixed", q_rule="fixed"), x, y, c["repeats"],
-                       c["steps"]) for r in c["ranks"]]
-        return {"bp": bp, "ld": rows}
+        nets = [build(rule="bp")] + [build(rule="ld", rank=r, p_rule="fixed", q_rule="fixed")
+                                     for r in c["ranks"]]
+        times = _interleaved(nets, x, y, c["repeats"], c["steps"])
+        return {"bp": times[0], "ld": times[1:]}
 
     config = {**c, "machine": platform.node(), "processor": platform.machine(),
               "threads": torch.get_num_threads()}
