@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ldfa.theory.trajectory import atomic_write
 
 PACKAGE_DIRS = ("theory", "sim")  # the code that computes results; plotting code may change freely
 
@@ -36,20 +36,6 @@ def code_version() -> str:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class Store:
@@ -96,9 +82,9 @@ class Store:
             buf = io.BytesIO()
             np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
             raw = buf.getvalue()
-            _atomic_write_bytes(self.root / f"{key}.npz", raw)
+            atomic_write(self.root / f"{key}.npz", lambda f: f.write(raw), binary=True)
             entry["arrays_sha256"] = _digest(raw)
-        _atomic_write_bytes(self.path(key), json.dumps(entry, default=float).encode())
+        atomic_write(self.path(key), lambda f: json.dump(entry, f, default=float))
         if arrays:
             entry["arrays"] = {k: np.asarray(v) for k, v in arrays.items()}
         return entry

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from ldfa.theory.trajectory import atomic_write  # noqa: E402
 
 # Okabe-Ito palette (colour-blind safe), one colour per rule family
 PALETTE = {
@@ -46,12 +47,8 @@ def save(fig, out_dir, name) -> list[Path]:
     """Write name.pdf and name.png atomically (temporary file, then rename)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("pdf", "png"):
-        path = out_dir / f"{name}.{ext}"
-        tmp = out_dir / f".{name}.tmp.{ext}"
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    try:
+        return [atomic_write(out_dir / f"{name}.{ext}", lambda f, ext=ext: fig.savefig(f, format=ext),
+                             binary=True) for ext in ("pdf", "png")]
+    finally:
+        plt.close(fig)

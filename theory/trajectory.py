@@ -32,12 +32,12 @@ class Trajectory:
     def to_csv(self, path) -> Path:
         rows = [self.columns()] + [[self.t[i], *(self.series[k][i] for k in self.series)]
                                    for i in range(len(self.t))]
-        return _atomic_write(path, lambda f: csv.writer(f).writerows(rows))
+        return atomic_write(path, lambda f: csv.writer(f).writerows(rows))
 
     def to_json(self, path) -> Path:
         data = {"kind": self.kind, "config": self.config, "t": self.t.tolist(),
                 "series": {k: np.asarray(v).tolist() for k, v in self.series.items()}}
-        return _atomic_write(path, lambda f: json.dump(data, f, indent=1))
+        return atomic_write(path, lambda f: json.dump(data, f, indent=1))
 
     @classmethod
     def from_json(cls, path) -> "Trajectory":
@@ -84,12 +84,12 @@ class Trajectory:
         if title:
             fig.suptitle(title, fontsize=10)
         try:
-            return _atomic_write(path, lambda f: fig.savefig(f, dpi=130, format="png"), binary=True)
+            return atomic_write(path, lambda f: fig.savefig(f, dpi=130, format="png"), binary=True)
         finally:
             plt.close(fig)
 
 
-def _atomic_write(path, write, binary: bool = False) -> Path:
+def atomic_write(path, write, binary: bool = False) -> Path:
     """Write through a temporary file in the same folder, then rename: never a half file.
 
     The file gets the permissions a plain open() would give (0666 less the umask).
@@ -103,6 +103,8 @@ def _atomic_write(path, write, binary: bool = False) -> Path:
         os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
