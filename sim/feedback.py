@@ -242,9 +242,7 @@ class LowDim(Rule):
         if self.p_rule == "oja":
             # ΔP = η ⟨z δᵀ - z zᵀ P⟩ with δ = b·g the per-example error (batch-mean loss over
             # b examples; every position of a conv map and every token counts as a sample)
-            d, zr = ops.rows(g), ops.rows(z)
-            b2 = ops.batch_size(g) ** 2 / d.shape[-2]
-            out["P"] = -(zr.mT @ d - (zr.mT @ zr) @ P) * b2
+            out["P"] = oja_grad(P, ops.rows(g), ops.rows(z), ops.batch_size(g))
         elif self.p_rule == "kp":
             # ΔP = Q_w ΔWᵀ (SPEC: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
             y = ops.forward(x, self.q_weight(layer), None)
@@ -261,6 +259,12 @@ class LowDim(Rule):
             y = layer.ops.compress(layer.ops.forward(xi, layer.weight, None), P)
             out["Q"] = -layer.ops.weight_grad(xi, y, layer.Q.shape) / self.mirror_batch
         return out
+
+
+def oja_grad(P, g_rows, z_rows, batch: int):
+    """P.grad of Oja's subspace rule, ΔP = η ⟨z δᵀ - z zᵀ P⟩ over the M rows, with the
+    per-example error δ = batch·g (the loss is a mean over ``batch`` examples) and z = P δ."""
+    return -(z_rows.mT @ g_rows - (z_rows.mT @ z_rows) @ P) * (batch**2 / g_rows.shape[-2])
 
 
 def svd_factors(W: torch.Tensor, r: int, ops):
@@ -357,6 +361,4 @@ class DirectLowDim(DFA):
     def grads(self, layer, x, g, gW):
         if not (layer.is_output and self.p_rule == "oja"):
             return {}
-        d = g * g.shape[0]
-        z = d @ layer.P.mT
-        return {"P": -(z.mT @ d - (z.mT @ z) @ layer.P) / d.shape[0]}
+        return {"P": oja_grad(layer.P, g, g @ layer.P.mT, g.shape[0])}
