@@ -122,8 +122,6 @@ def cmd_theory(args) -> None:
 def cmd_train(args) -> None:
     import json
 
-    import torch
-
     from ldfa.sim.train import TrainConfig, history_to_csv, plot_history, train
 
     model_options = {}
@@ -137,8 +135,6 @@ def cmd_train(args) -> None:
         lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
         clip_rank=args.clip_rank,
         seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = _out_dir(args.out)
     stem = args.name or f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
     result = train(cfg, log_path=out / f"{stem}.jsonl", progress=not args.quiet,
@@ -165,10 +161,6 @@ def cmd_verify(args) -> int:
         unknown = [n for n in args.only if n not in verify.CHECKS]
         if unknown:
             raise ConfigError(f"unknown prediction {unknown[0]!r}; allowed: {', '.join(verify.CHECKS)}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     out = _out_dir(args.out)
     t0 = time.perf_counter()
     print(verify.HEADER)
@@ -182,10 +174,6 @@ def cmd_verify(args) -> int:
 def cmd_paper(args) -> None:
     from ldfa.figures.paper import generate
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     for path in generate(args.preset, args.store, _out_dir(args.out)):
         print(f"wrote {path}")
 
@@ -228,10 +216,6 @@ def cmd_bench(args) -> int:
 def cmd_figures(args) -> None:
     from ldfa.figures.make import run
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     run(args.preset, args.only, _out_dir(args.out), args.store)
 
 
@@ -346,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         status = args.func(args)
     except ConfigError as err:
