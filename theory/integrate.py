@@ -34,6 +34,13 @@ def top_subspace(C: np.ndarray, r) -> np.ndarray:
 _MODULES = [{"top_subspace": top_subspace}, "numpy"]
 
 
+def _rates(cfg: TheoryConfig, ode, timescales) -> np.ndarray:
+    """1/τ_X for each timescale symbol (τ, τ_B, τ_P, τ_Q) from the configuration."""
+    value = {ode.symbols["tau"]: cfg.tau, sp.Symbol("tau_B", positive=True): cfg.tau_b,
+             sp.Symbol("tau_P", positive=True): cfg.tau_p, sp.Symbol("tau_Q", positive=True): cfg.tau_q}
+    return np.array([1.0 / value[t] for t in timescales])
+
+
 def _orthonormal_rows(rng, r, n):
     q, _ = np.linalg.qr(rng.standard_normal((n, r)))
     return q[:, :r].T
@@ -63,10 +70,7 @@ class MatrixSystem:
         dims[sym["r"]] = cfg.rank or 1
         self.shapes = {X: tuple(int(sp.sympify(d).xreplace(dims)) for d in X.shape)
                        for X in [*self.state, *self.fixed]}
-        scale = {sym["tau"]: cfg.tau, sp.Symbol("tau_B", positive=True): cfg.tau_b,
-                 sp.Symbol("tau_P", positive=True): cfg.tau_p,
-                 sp.Symbol("tau_Q", positive=True): cfg.tau_q}
-        self.rate = np.array([1.0 / scale[ode.timescales[X]] for X in self.state])
+        self.rate = _rates(cfg, ode, [ode.timescales[X] for X in self.state])
         args = [*self.state, *self.fixed, sym["E"], sym["Sigma"], sym["r"], sym["lam"]] \
             if cfg.weight_decay > 0 else [*self.state, *self.fixed, sym["E"], sym["Sigma"], sym["r"]]
         self._args = args
@@ -233,10 +237,7 @@ class ModeIntegrator:
         self._args_extra = [cfg.weight_decay] if lam else []
         self._rates = sp.lambdify(args, [ms.rates[x] for x in self.vars], "numpy")
         self._sel = sp.lambdify(args, list(ms.selections.values()), "numpy")
-        scale = {ode.symbols["tau"]: cfg.tau, sp.Symbol("tau_B", positive=True): cfg.tau_b,
-                 sp.Symbol("tau_P", positive=True): cfg.tau_p,
-                 sp.Symbol("tau_Q", positive=True): cfg.tau_q}
-        self.rate = np.array([1.0 / scale[ms.timescales[x]] for x in self.vars])
+        self.rate = _rates(cfg, ode, [ms.timescales[x] for x in self.vars])
         self.s = np.array(cfg.spectrum)
         self.k = len(self.s)
 
