@@ -2,20 +2,14 @@
 tables are read from the results store; the store survives corrupt entries."""
 
 import json
-import os
-from pathlib import Path
 
-import pytest
+from conftest import needs_fashion_mnist
 
 from ldfa.figures import make
 from ldfa.figures.store import Store
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
-HAVE_DATA = FMNIST.exists() or os.environ.get("CI")
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="needs dataset-fashion-mnist")
 
-
-@needs_data
+@needs_fashion_mnist
 def test_every_figure_on_tiny_preset_and_cache(tmp_path):
     store = Store(tmp_path / "store")
     files = make.run("tiny", out=tmp_path / "out", store=store)
@@ -34,7 +28,7 @@ def test_every_figure_on_tiny_preset_and_cache(tmp_path):
     assert again.misses == 0 and again.hits > 0
 
 
-@needs_data
+@needs_fashion_mnist
 def test_table_numbers_come_from_the_store(tmp_path):
     store = Store(tmp_path / "store")
     make.run("tiny", only=["mlp_fashion_table"], out=tmp_path / "out", store=store)

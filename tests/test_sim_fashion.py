@@ -1,16 +1,12 @@
 """Issue 3 acceptance: Fashion-MNIST, MLP 784-256-256-10 (tanh), 2 epochs on CPU, >= 84%."""
 
-import os
-from pathlib import Path
-
 import pytest
+from conftest import needs_fashion_mnist
 
 from ldfa.figures.mlp_figs import SETTINGS
 from ldfa.sim.train import TrainConfig, train
 
-HAVE_DATA = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists()
-pytestmark = pytest.mark.skipif(not HAVE_DATA and not os.environ.get("CI"),
-                                reason="apt-get install dataset-fashion-mnist (CI installs it)")
+pytestmark = needs_fashion_mnist
 
 
 @pytest.mark.parametrize("kw", [dict(rule="bp"), dict(rule="fa"), dict(rule="dfa"), dict(rule="kp"),

@@ -1,18 +1,14 @@
 """Issue 4: the prediction registry, the comparison, and that a wrong theory fails."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_fashion_mnist
 
 from ldfa import cli
 from ldfa.figures import verify
 from ldfa.theory import predictions as pred
-
-FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
-HAVE_DATA = FMNIST.exists() or os.environ.get("CI")
 
 
 def test_registry_entries_state_their_tolerance():
@@ -73,7 +69,7 @@ def test_cli_exit_status(tmp_path, monkeypatch, capsys):
     assert cli.main(["verify", "--only", "nope"]) == 2
 
 
-@pytest.mark.skipif(not HAVE_DATA, reason="needs dataset-fashion-mnist")
+@needs_fashion_mnist
 def test_nonlinear_rank_check():
     res = verify.check_nonlinear_rank(quick=True)
     assert res.passed and res.simulation <= 10
