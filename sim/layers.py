@@ -193,7 +193,8 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
                 r = min(r, n_out, n_in)
             elif r > min(n_out, n_in):
                 raise ConfigError(f"rank r={r} exceeds layer {name!r} ({n_in} -> {n_out}); "
-                                  f"allowed: 1..{min(n_out, n_in)}, or clip_rank=True to cut it")
+                                  f"allowed: 1..{min(n_out, n_in)}, or clip_rank=True (--clip-rank) "
+                                  "to cut it")
         layer_rule = make_rule(rule, r, p_rule, q_rule, out_features, **options)
         new = FeedbackLayer(m.weight, m.bias, ops, layer_rule, generator, is_output, direct)
         _set_submodule(model, name, new)
