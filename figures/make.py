@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ldfa.errors import ConfigError
 
-from . import mlp_figs, phase_compute, theory_figs
+from . import mlp_figs, phase_compute, theory_figs, transfer
 from .store import Store
 
 FIGURES = {
@@ -27,6 +27,7 @@ FIGURES = {
     "alignment": mlp_figs.alignment,
     "mlp_fashion_table": mlp_figs.table,
     "compute_vs_rank": phase_compute.compute_vs_rank,
+    "transfer_table": transfer.transfer_table,
 }
 PRESETS = ("quick", "full", "tiny")  # tiny: seconds, for tests
 

@@ -15,6 +15,7 @@ from ldfa.sim.train import TrainConfig, TrainingDiverged, train
 
 from .store import Store
 from .style import PALETTE, figure, save
+from .tables import write_table
 
 SETTINGS = dict(model="mlp", hidden=(256, 256), data="fashion-mnist", epochs=2, batch_size=128,
                 optimizer="adam", lr=1e-3, model_options={"activation": "tanh"})
@@ -26,6 +27,9 @@ LD_VARIANTS = {
     "raf (oja P, kp Q)": dict(rule="ld", p_rule="oja", q_rule="kp"),
     "fixed P, Q": dict(rule="ld", p_rule="fixed", q_rule="fixed"),
 }
+# seed methods beside the ld rules (issue 7): target propagation with learned inverses
+TARGET_PROP = {"dtp (difference target prop.)": dict(rule="dtp"),
+               "ddtp, k = 5 inverse iterations": dict(rule="ddtp", inverse_iters=5)}
 RANKS = {"quick": [1, 2, 5, 10, 20], "full": [1, 2, 5, 10, 20, 50, 100], "tiny": [1, 10]}
 SEEDS = {"quick": [0], "full": [0, 1, 2], "tiny": [0]}
 PRESET_SETTINGS = {"quick": {}, "full": {}, "tiny": dict(steps=4, train_subset=512, test_subset=500,
@@ -160,20 +164,10 @@ def table(preset: str, out_dir, store: Store | None = None) -> list[Path]:
     store = store or Store()
     rows = [(name, kw) for name, kw in REFERENCES.items()]
     rows += [(f"{label}, r = 10", dict(rank=10, **kw)) for label, kw in LD_VARIANTS.items()]
-    lines = ["| rule | test accuracy (mean) | min | max | seeds |", "|---|---|---|---|---|"]
-    tex = [r"\begin{tabular}{lrrr}", r"\toprule", r"rule & mean (\%) & min & max \\", r"\midrule"]
-    csv = ["rule,mean,min,max,seeds"]
+    rows += list(TARGET_PROP.items())
+    cells = []
     for label, kw in rows:
-        accs = accuracies(store, preset, **kw)
-        m, lo, hi = 100 * statistics.mean(accs), 100 * min(accs), 100 * max(accs)
-        lines.append(f"| {label} | {m:.1f}% | {lo:.1f}% | {hi:.1f}% | {len(accs)} |")
-        tex.append(f"{label} & {m:.1f} & {lo:.1f} & {hi:.1f} \\\\")
-        csv.append(f"\"{label}\",{m:.4f},{lo:.4f},{hi:.4f},{len(accs)}")
-    tex += [r"\bottomrule", r"\end{tabular}"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "mlp_fashion_table.md", out_dir / "mlp_fashion_table.csv",
-             out_dir / "mlp_fashion_table.tex"]
-    for path, text in zip(paths, ("\n".join(lines), "\n".join(csv), "\n".join(tex))):
-        path.write_text(text + "\n")
-    return paths
+        accs = [100 * a for a in accuracies(store, preset, **kw)]
+        cells.append([label, statistics.mean(accs), min(accs), max(accs), len(accs)])
+    return write_table(out_dir, "mlp_fashion_table", ["rule", "test accuracy (mean)", "min", "max", "seeds"],
+                       cells, ["{}", "{:.1f}%", "{:.1f}%", "{:.1f}%", "{}"])

@@ -16,7 +16,7 @@ from ldfa.theory import derive
 from ldfa.theory.analysis import conserved_quantities
 from ldfa.theory.modes import reduce_to_modes, strength_ode
 
-from . import mlp_figs, verify
+from . import mlp_figs, transfer, verify
 from .store import Store
 
 
@@ -52,7 +52,15 @@ def _numbers(preset: str, store: Store, report: list[verify.Result]) -> str:
         "AccFixedTen": acc(rule="ld", rank=10, p_rule="fixed", q_rule="fixed"),
         "AccFixedOne": acc(rule="ld", rank=1, p_rule="fixed", q_rule="fixed"),
         "Seeds": len(mlp_figs.SEEDS[preset]),
+        "AccDtp": acc(rule="dtp"), "AccDdtp": acc(rule="ddtp", inverse_iters=5),
     }
+    seeds = transfer.SEEDS[preset]
+    macros["AccSource"] = 100 * statistics.mean(transfer.backbone(store, preset, s)[1] for s in seeds)
+    for label, method in (("Toast", "TOAST (top-down attention steering)"), ("Probe", "linear probe"),
+                          ("Finetune", "full fine-tuning")):
+        runs = [transfer.adapt(store, preset, s, method) for s in seeds]
+        macros[f"Acc{label}"] = 100 * statistics.mean(r["test_acc"] for r in runs)
+        macros[f"Tuned{label}"] = f"{runs[0]['tuned']:,}"
     for suite in ("cnn", "vit"):
         top = mlp_figs.SUITES[suite]["ranks"][preset][-1]
         name = suite.capitalize()
@@ -95,14 +103,16 @@ def _verify_table(report: list[verify.Result]) -> str:
 
 def generate(preset: str = "quick", store: Store | str | None = None, out="paper/generated",
              verify_out="runs/verify") -> list[Path]:
-    """Write equations.tex, numbers.tex, mlp_table.tex and verify_table.tex into ``out``."""
+    """Write equations.tex, numbers.tex, mlp_fashion_table.tex, transfer_table.tex and
+    verify_table.tex into ``out``."""
     store = store if isinstance(store, Store) else Store(store or "runs/store")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = verify.run(quick=preset != "full", out=verify_out, progress=None)
     mlp_figs.table(preset, out, store=store)
+    transfer.transfer_table(preset, out, store=store)
     files = {"equations.tex": _equations(), "numbers.tex": _numbers(preset, store, report),
              "verify_table.tex": _verify_table(report)}
     for name, text in files.items():
         (out / name).write_text(text)
-    return [out / n for n in files] + [out / "mlp_fashion_table.tex"]
+    return [out / n for n in files] + [out / "mlp_fashion_table.tex", out / "transfer_table.tex"]

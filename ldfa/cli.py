@@ -122,7 +122,8 @@ def cmd_theory(args) -> None:
 def cmd_train(args) -> None:
     import json
 
-    from ldfa.sim.train import TrainConfig, history_to_csv, plot_history, train
+    from ldfa.sim.toast import tuned_parameters
+    from ldfa.sim.train import TrainConfig, history_to_csv, plot_history, save_state, train
 
     model_options = {}
     if args.activation:
@@ -133,7 +134,10 @@ def cmd_train(args) -> None:
         q_rule=args.q_rule, direct=args.direct, scaling=args.scaling, init=args.init,
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
-        clip_rank=args.clip_rank,
+        clip_rank=args.clip_rank, inverse_iters=args.inverse_iters, tp_beta=args.tp_beta,
+        tp_noise=args.tp_noise, tp_normalize=args.tp_normalize,
+        classes=tuple(int(c) for c in args.classes.split(",")) if args.classes else None,
+        transfer=args.transfer, backbone=args.backbone,
         seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options)
     out = _out_dir(args.out)
     stem = args.name or f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
@@ -145,7 +149,10 @@ def cmd_train(args) -> None:
     if args.format == "csv":
         log = history_to_csv(result["history"], out / f"{stem}.csv")
     png = plot_history(result["history"], out / f"{stem}.png", title=stem)
+    if args.save_model:
+        save_state(result["model"], args.save_model)
     summary = {k: result[k] for k in ("test_acc", "test_loss", "steps", "seconds") if k in result}
+    summary["tuned_parameters"] = tuned_parameters(result["model"])
     (out / f"{stem}.summary.json").write_text(json.dumps({**summary, "config": result["config"]},
                                                          indent=1))
     acc = f"test accuracy {result['test_acc']:.4f}, " if "test_acc" in result else ""
@@ -260,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist, mnist, cifar10, cifar100, linear-teacher, random-teacher")
     p.add_argument("--data-root", help="folder with the data set files")
-    p.add_argument("--rule", default="bp", help="bp, fa, dfa, sign, kp, wm, ld, ldfa, ldfa-local, raf")
+    p.add_argument("--rule", default="bp",
+                   help="bp, fa, dfa, sign, kp, wm, ld, ldfa, ldfa-local, raf, dtp, ddtp")
     p.add_argument("--rank", type=int, help="feedback rank r (ld rules)")
     p.add_argument("--p-rule", help="fixed, oja, svd, kp, lowrank")
     p.add_argument("--q-rule", help="fixed, aligned, kp, mirror, lowrank")
@@ -269,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut r to each layer's min(n_in, n_out) instead of failing")
     p.add_argument("--scaling", default="usf", help="sign rule scaling: usf, brsf, frsf")
     p.add_argument("--init", help="ld factor init: random or svd")
+    p.add_argument("--inverse-iters", type=int,
+                   help="ddtp: iterations k >= 1 of the learned inverse (default 5)")
+    p.add_argument("--tp-beta", type=float, help="dtp/ddtp output target step β (default 0.5 dtp, 0.01 ddtp)")
+    p.add_argument("--tp-noise", type=float, default=0.1, help="dtp/ddtp inverse training noise σ")
+    p.add_argument("--tp-normalize", action="store_true",
+                   help="dtp/ddtp: scale each layer's error by its influence on the output")
+    p.add_argument("--classes", help="keep only these labels, relabelled 0..k-1 (e.g. 5,6,7,8,9)")
+    p.add_argument("--transfer", choices=["toast", "probe", "finetune"],
+                   help="adapt a pre-trained --backbone (vit for toast/probe): top-down attention "
+                        "steering, linear probe, or full fine-tuning")
+    p.add_argument("--backbone", help="pre-trained model file (from --save-model)")
+    p.add_argument("--save-model", help="write the trained model's weights here (a backbone for --transfer)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--steps", type=int, help="number of steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=128)

@@ -288,6 +288,21 @@ class Dataset:
             index = slice(0, index)
         return dataclasses.replace(self, x=self.x[index], y=self.y[index])
 
+    def select_classes(self, labels) -> Dataset:
+        """Only the samples whose class is in ``labels``, relabelled 0..k-1 in the order given
+        (e.g. (5, 6, 7, 8, 9) -> 0..4: a transfer task's target classes)."""
+        if self.num_classes is None:
+            raise ConfigError(f"classes={labels!r}: data set {self.name!r} has no class labels")
+        labels = list(labels)
+        bad = [c for c in labels if isinstance(c, bool) or not isinstance(c, int)
+               or not 0 <= c < self.num_classes]
+        if bad or not labels or len(set(labels)) != len(labels):
+            raise ConfigError(f"classes={tuple(labels)}: need distinct labels in 0..{self.num_classes - 1}")
+        relabel = torch.full((self.num_classes,), -1, dtype=torch.long, device=self.y.device)
+        relabel[torch.tensor(labels, device=self.y.device)] = torch.arange(len(labels), device=self.y.device)
+        keep = relabel[self.y] >= 0
+        return dataclasses.replace(self, x=self.x[keep], y=relabel[self.y[keep]], num_classes=len(labels))
+
     def batches(self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (x, y) mini-batches on the data's device; every sample exactly once.

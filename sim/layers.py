@@ -15,6 +15,7 @@ from ldfa.errors import ConfigError
 
 from .feedback import BP, DFA, FA, KP, PRESETS, DirectContext, DirectLowDim, LowDim, Rule, Sign, WeightMirror
 from .ops import BatchedLinearOps, ConvOps, LinearOps, angle
+from .target_prop import TargetBlock, inverse_parameters
 
 RULES = ("bp", "fa", "dfa", "sign", "kp", "wm", "ld", *PRESETS)
 BATCHED_RULES = ("bp", "fa", "kp", "ld", *PRESETS)
@@ -207,18 +208,21 @@ def _set_submodule(model, name, new):
     setattr(parent, child, new)
 
 
-def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackLayer)]
+def feedback_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every layer with its own backward rule and per-layer stats (FeedbackLayer, TargetBlock)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (FeedbackLayer, TargetBlock))]
 
 
 def feedback_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The rules' own learned matrices (B, P, Q), for their own optimizer settings."""
-    return [getattr(m, name) for _, m in feedback_layers(model) for name in m.rule.learned]
+    """The rules' own learned matrices (B, P, Q; target propagation's inverses V, c), for their
+    own optimizer settings."""
+    return [getattr(m, name) for _, m in feedback_layers(model) if isinstance(m, FeedbackLayer)
+            for name in m.rule.learned] + inverse_parameters(model)
 
 
 def forward_parameters(model: nn.Module) -> list[nn.Parameter]:
     ids = {id(p) for p in feedback_parameters(model)}
-    return [p for p in model.parameters() if id(p) not in ids]
+    return [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
 
 
 def set_tracking(model: nn.Module, on: bool = True) -> None:

@@ -169,9 +169,13 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, top_down: torch.Tensor | None = None) -> torch.Tensor:
+        """``top_down`` (B, T, C), if given, is added to the values only: v = W_v (x + top_down) + b_v
+        (TOAST's steering; queries and keys are untouched)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
+        if top_down is not None:
+            v = v + top_down @ self.qkv.weight[2 * C:].T
         # (B, T, C) -> (B, heads, T, C / heads)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
@@ -202,8 +206,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(width)
         self.mlp = FeedForward(width, int(mlp_ratio * width), dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, top_down: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), top_down)
         return x + self.mlp(self.ln2(x))
 
 
@@ -249,16 +253,21 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor, top_down: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The final-LayerNorm tokens (B, T, width); ``top_down[l]`` steers block l's values."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, T, width)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.drop(x + self.pos_embed)
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x)
-        x = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
-        return self.head(x)
+        for l, block in enumerate(self.blocks):
+            x = block(x, None if top_down is None else top_down[l])
+        return self.norm(x)
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(self.tokens(x)))
 
 
 # ---------------------------------------------------------------------------- factory

@@ -19,9 +19,12 @@ from . import data as datasets
 from . import models
 from .feedback import P_RULES, PRESETS, Q_RULES
 from .layers import RULES, convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
+from .target_prop import TP_DEFAULTS, TP_RULES, TargetProp, TargetPropMLP, check_iters
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+TRANSFER = ("toast", "probe", "finetune")
 LD_RULES = ("ld", *PRESETS)
+ALL_RULES = (*RULES, *TP_RULES)
 
 
 @dataclass(frozen=True)
@@ -50,17 +53,45 @@ class TrainConfig:
     fb_weight_decay: float | None = None
     clamp: float | None = None
     clip_rank: bool = False
+    inverse_iters: int | None = None
+    tp_beta: float | None = None
+    tp_noise: float = 0.1
+    tp_normalize: bool = False
     seed: int = 0
     device: str = "cpu"
     log_every: int = 100
+    classes: tuple | None = None
+    transfer: str | None = None
+    backbone: str | None = None
     train_subset: int | None = None
     test_subset: int | None = None
     model_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(self.hidden))
-        if self.rule not in RULES:
-            raise ConfigError(f"unknown rule {self.rule!r}; allowed: {', '.join(RULES)}")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        if self.transfer is not None:
+            if self.transfer not in TRANSFER:
+                raise ConfigError(f"transfer={self.transfer!r}; allowed: {', '.join(TRANSFER)}")
+            if not self.backbone:
+                raise ConfigError(f"transfer={self.transfer!r} needs a pre-trained backbone (--backbone)")
+            if self.rule != "bp":
+                raise ConfigError(f"transfer={self.transfer!r} trains with rule bp, not {self.rule!r}")
+        elif self.backbone:
+            raise ConfigError("--backbone needs --transfer (toast, probe or finetune)")
+        if self.rule not in ALL_RULES:
+            raise ConfigError(f"unknown rule {self.rule!r}; allowed: {', '.join(ALL_RULES)}")
+        if self.rule in TP_RULES:
+            if self.model not in ("mlp", "linear"):
+                raise ConfigError(f"rule {self.rule!r} needs model mlp or linear, not {self.model!r}")
+            if self.inverse_iters is not None:
+                check_iters(self.inverse_iters)
+            if self.rule == "dtp" and self.inverse_iters not in (None, 1):
+                raise ConfigError(f"inverse_iters={self.inverse_iters}: dtp uses one inverse step; "
+                                  "use rule ddtp for k > 1")
+        elif self.inverse_iters is not None or self.tp_beta is not None:
+            raise ConfigError(f"--inverse-iters/--tp-beta apply to dtp and ddtp only, not to {self.rule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         for name in ("batch_size", "log_every"):
@@ -89,6 +120,12 @@ class TrainConfig:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device={self.device!r}: CUDA is not available on this machine; use cpu")
 
+    def target_prop(self) -> TargetProp:
+        """The dtp / ddtp settings (defaults per rule in target_prop.TP_DEFAULTS)."""
+        d = TP_DEFAULTS[self.rule]
+        return TargetProp(self.rule, self.inverse_iters or d["iters"], self.tp_beta or d["beta"],
+                          self.tp_noise, self.tp_normalize)
+
     def rule_options(self) -> dict:
         opts = dict(rank=self.rank, p_rule=self.p_rule, q_rule=self.q_rule, seed=self.seed)
         if self.direct:
@@ -105,6 +142,8 @@ def build(cfg: TrainConfig):
     flat = cfg.model in ("linear", "mlp")
     train_set = datasets.load(cfg.data, cfg.data_root, "train", flatten=flat)
     test_set = datasets.load(cfg.data, cfg.data_root, "test", flatten=flat)
+    if cfg.classes:
+        train_set, test_set = train_set.select_classes(cfg.classes), test_set.select_classes(cfg.classes)
     if cfg.train_subset:
         train_set = train_set.subset(cfg.train_subset)
     if cfg.test_subset:
@@ -114,9 +153,68 @@ def build(cfg: TrainConfig):
     kw = dict(cfg.model_options)
     if cfg.model in ("linear", "mlp"):
         kw.setdefault("hidden", list(cfg.hidden))
+    if cfg.transfer:
+        return _transfer_model(cfg, train_set.input_shape, classes, kw).to(cfg.device), \
+            train_set.to(cfg.device), test_set.to(cfg.device)
     model = models.build(cfg.model, train_set.input_shape, classes, **kw)
-    convert(model, cfg.rule, clip_rank=cfg.clip_rank, **cfg.rule_options())
+    if cfg.rule in TP_RULES:
+        model = TargetPropMLP(model, cfg.target_prop())
+    else:
+        convert(model, cfg.rule, clip_rank=cfg.clip_rank, **cfg.rule_options())
     return model.to(cfg.device), train_set.to(cfg.device), test_set.to(cfg.device)
+
+
+def _transfer_model(cfg: TrainConfig, input_shape, classes: int, kw: dict):
+    """The pre-trained backbone (its own class count read from the file) wrapped for transfer:
+    toast (sim/toast.py), probe (frozen, new linear head) or finetune (all weights, new head)."""
+    from .toast import TOAST, LinearProbe, check_backbone
+
+    state = load_state(cfg.backbone)
+    head = state.get("head.weight")
+    if head is None:
+        raise ConfigError(f"backbone {cfg.backbone}: no head.weight in the file; save a whole model "
+                          "(ldfa train --save-model)")
+    backbone = models.build(cfg.model, input_shape, head.shape[0], **kw)
+    check_backbone(backbone)
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(f"backbone {cfg.backbone} does not fit model {cfg.model!r} with options {kw}: "
+                          f"{str(err).splitlines()[0]}") from None
+    if cfg.transfer == "toast":
+        return TOAST(backbone, classes)
+    if cfg.transfer == "probe":
+        return LinearProbe(backbone, classes)
+    backbone.head = torch.nn.Linear(backbone.head.in_features, classes)
+    return backbone
+
+
+def load_state(path) -> dict:
+    """A saved state dict (torch.save); a missing or unreadable file is a one-line error."""
+    if not Path(path).is_file():
+        raise ConfigError(f"backbone file {path} does not exist; train one with --save-model")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError("not a state dict")
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ConfigError(f"backbone file {path} is corrupt ({type(err).__name__}: {err})") from None
+    return state
+
+
+def save_state(model, path) -> Path:
+    """The model's state dict (or a state dict itself): a backbone for --transfer, written atomically."""
+    return _torch_save(model if isinstance(model, dict) else model.state_dict(), path)
+
+
+def _torch_save(obj, path) -> Path:
+    """torch.save to a temporary file, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def make_optimizer(cfg: TrainConfig, model):
@@ -266,11 +364,7 @@ def save_checkpoint(path, cfg, model, opt, step, epoch, in_epoch, epoch_gen, his
     state = {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
              "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch, "in_epoch": in_epoch,
              "epoch_gen": epoch_gen, "history": history}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    _torch_save(state, path)
 
 
 def load_checkpoint(path, cfg: TrainConfig) -> dict:

@@ -91,3 +91,21 @@ def test_diverged_figure_run_is_stored_as_failed(tmp_path, monkeypatch):
     again = Store(tmp_path)
     assert mlp_figs.run_cached(again, "tiny", 0, rule="bp")["result"]["status"] == "failed"
     assert again.hits == 1 and again.misses == 0  # not retried
+
+
+@needs_fashion_mnist
+def test_transfer_table_reads_the_store_and_counts_tuned_parameters(tmp_path):
+    store = Store(tmp_path / "store")
+    make.run("tiny", only=["transfer_table"], out=tmp_path / "out", store=store)
+    text = (tmp_path / "out" / "transfer_table.md").read_text()
+    rows = text.splitlines()[2:]
+    assert len(rows) == 5
+
+    def tuned(name):
+        return int(next(r for r in rows if name in r).split("|")[5].strip().replace(",", ""))
+
+    assert tuned("linear probe") < tuned("TOAST") < tuned("fine-tuning") == tuned("from scratch")
+    again = Store(tmp_path / "store")
+    make.run("tiny", only=["transfer_table"], out=tmp_path / "out2", store=again)
+    assert again.misses == 0
+    assert (tmp_path / "out2" / "transfer_table.md").read_text() == text

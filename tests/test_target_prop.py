@@ -60,3 +60,146 @@ def test_expanding_inverse_diverges():
 def test_bad_iteration_count():
     with pytest.raises(ConfigError, match="k=0"):
         refine_target(lambda x: x, lambda y: y, torch.ones(2), torch.zeros(2), 0)
+
+
+# ---------------------------------------------------------------------------- the dtp / ddtp rules
+
+from ldfa.sim.models import MLP, DeepLinear  # noqa: E402
+from ldfa.sim.target_prop import TargetProp, TargetPropMLP  # noqa: E402
+from ldfa.sim.train import TrainConfig  # noqa: E402
+
+
+def _errors_after_backward(net, x, grad_out):
+    """The error each block receives (∂/∂h_l of the batch loss as the rule delivers it)."""
+    hs = [x.requires_grad_(True)]
+    for block in net.blocks:
+        h = block(hs[-1])
+        h.retain_grad()
+        hs.append(h)
+    hs[-1].backward(grad_out)
+    return [h.grad for h in hs[1:-1]]
+
+
+def _linear_tp(n, depth, iters, beta, perturb, seed=0, normalize=False):
+    torch.manual_seed(seed)
+    base = DeepLinear([n] * (depth + 1), bias=True).double()
+    with torch.no_grad():
+        for layer in base.layers:
+            layer.weight.copy_(torch.eye(n) + 0.3 * torch.randn(n, n) / n**0.5)
+    net = TargetPropMLP(base, TargetProp("ddtp", iters, beta, 0.0, normalize)).double()
+    with torch.no_grad():
+        for block in net.blocks[1:]:
+            W, b = block.linear.weight, block.linear.bias
+            Winv = torch.linalg.inv(W)
+            block.inverse.weight.copy_(Winv + perturb * torch.randn(n, n, dtype=torch.float64) / n**0.5)
+            block.inverse.bias.copy_(-block.inverse.weight @ b)
+    return net
+
+
+def test_exact_inverse_carries_the_gauss_newton_error():
+    """g = f⁻¹ (linear, square): one difference-corrected step gives e_{l-1} = W_l⁻¹ e_l exactly,
+    for any β (the target reaches exactly)."""
+    n = 6
+    net = _linear_tp(n, 2, iters=1, beta=0.7, perturb=0.0)
+    x, grad = torch.randn(4, n, dtype=torch.float64), torch.randn(4, n, dtype=torch.float64)
+    (e1,) = _errors_after_backward(net, x, grad)
+    W2 = net.blocks[1].linear.weight.detach()
+    assert torch.allclose(e1, torch.linalg.solve(W2, grad.T).T, atol=1e-12)
+
+
+def test_iterated_inverse_error_shrinks_at_the_contraction_rate():
+    """Approximate inverse V = W⁻¹ + noise: the error after k iterations approaches W⁻¹ e as
+    ‖(I - V W)^k‖, the same rate refine_target has (measured over k = 1..8)."""
+    n = 6
+    x, grad = torch.randn(4, n, dtype=torch.float64), torch.randn(4, n, dtype=torch.float64)
+    gaps = []
+    for k in range(1, 9):
+        net = _linear_tp(n, 2, iters=k, beta=0.05, perturb=0.25)
+        (e1,) = _errors_after_backward(net, x, grad)
+        W, V = net.blocks[1].linear.weight.detach(), net.blocks[1].inverse.weight.detach()
+        gaps.append(float((e1 - torch.linalg.solve(W, grad.T).T).norm()))
+    M = torch.eye(n, dtype=torch.float64) - V @ W
+    radius = float(torch.linalg.eigvals(M).abs().max())
+    assert radius < 1
+    measured = (gaps[-1] / gaps[-5]) ** (1 / 4)
+    assert measured == pytest.approx(radius, rel=0.1)
+    assert gaps[-1] < 0.1 * gaps[0]
+
+
+def test_influence_normalization_is_the_bp_step_projected_on_the_target():
+    """normalize, exact inverses: layer l's update uses s_l d_l with s_l = ‖d_L‖²/‖d_l‖², which
+    equals the per-example bp error G_l projected on the target direction d_l (docstring)."""
+    n, B = 5, 4
+    net = _linear_tp(n, 3, iters=1, beta=0.3, perturb=0.0, normalize=True)
+    x, grad = torch.randn(B, n, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
+    out = net(x)
+    out.backward(grad)
+    Ws = [b.linear.weight.detach() for b in net.blocks]
+    hs = [x]
+    for W, b in zip(Ws, net.blocks):
+        hs.append(hs[-1] @ W.T + b.linear.bias.detach())
+    for l in (0, 1):  # blocks 0 and 1 (their outputs h_1, h_2 get targets)
+        J = Ws[2] if l == 1 else Ws[2] @ Ws[1]  # ∂h_L/∂h_{l+1}
+        G = (B * grad) @ J  # per-example bp error at h_{l+1}
+        d = torch.linalg.solve(J, (-0.3 * B * grad).T).T  # exact target direction
+        proj = ((G * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True)) * d
+        expected = proj.T @ hs[l] / B
+        assert torch.allclose(net.blocks[l].linear.weight.grad, expected, atol=1e-10)
+
+
+def test_weight_updates_are_local_gradients_and_the_top_layer_matches_bp():
+    torch.manual_seed(3)
+    mlp = MLP([8, 7, 6, 3], "tanh").double()
+    x, y = torch.randn(5, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    torch.nn.functional.cross_entropy(mlp(x), y).backward()
+    bp = [layer.weight.grad.clone() for layer in mlp.layers]
+    mlp.zero_grad()
+    net = TargetPropMLP(mlp, TargetProp("dtp", 1, 0.5, 0.1, False)).double()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    assert torch.allclose(mlp.layers[-1].weight.grad, bp[-1], atol=1e-14)
+    for block in net.blocks[1:]:
+        assert block.inverse.weight.grad is not None and block.inverse.weight.grad.abs().sum() > 0
+    # the hidden layers do not get bp's gradient (targets, not transport), but a descent direction
+    cos = torch.nn.functional.cosine_similarity(mlp.layers[0].weight.grad.flatten(), bp[0].flatten(), dim=0)
+    assert 0 < cos < 1 - 1e-6
+
+
+def test_inverse_learning_lowers_reconstruction_error():
+    torch.manual_seed(0)
+    net = TargetPropMLP(MLP([20, 16, 16, 4], "tanh"), TargetProp("dtp", 1, 0.5, 0.1, False))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = torch.randn(256, 20)
+    y = torch.randint(0, 4, (256,))
+
+    def rec():
+        with torch.no_grad():
+            h = net.blocks[0](x)
+            return float((net.blocks[1].g(net.blocks[1].f(h)) - h).pow(2).sum(1).mean())
+
+    before = rec()
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert rec() < 0.5 * before
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(rule="ddtp", inverse_iters=0), "k=0"),
+    (dict(rule="ddtp", inverse_iters=-2), "k=-2"),
+    (dict(rule="dtp", inverse_iters=3), "ddtp"),
+    (dict(rule="dtp", model="cnn"), "mlp or linear"),
+    (dict(rule="fa", inverse_iters=2), "dtp and ddtp only"),
+    (dict(rule="ddtp", tp_beta=-1.0), "beta=-1.0"),
+])
+def test_bad_target_prop_settings(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        cfg = TrainConfig(**kw)
+        cfg.target_prop()
+
+
+def test_target_prop_needs_a_fully_connected_model():
+    from ldfa.sim.models import ConvNet
+
+    with pytest.raises(ConfigError, match="ConvNet"):
+        TargetPropMLP(ConvNet(), TargetProp("dtp", 1, 0.5, 0.1, False))
