@@ -57,7 +57,7 @@ def _numbers(preset: str, store: Store, report: list[verify.Result]) -> str:
     seeds = transfer.SEEDS[preset]
     macros["AccSource"] = 100 * statistics.mean(transfer.backbone(store, preset, s)[1] for s in seeds)
     for label, method in (("Toast", "TOAST (top-down attention steering)"), ("Probe", "linear probe"),
-                          ("Finetune", "full fine-tuning")):
+                          ("Finetune", "full fine-tuning"), ("Scratch", "from scratch (no pre-training)")):
         runs = [transfer.adapt(store, preset, s, method) for s in seeds]
         macros[f"Acc{label}"] = 100 * statistics.mean(r["test_acc"] for r in runs)
         macros[f"Tuned{label}"] = f"{runs[0]['tuned']:,}"

@@ -242,11 +242,11 @@ class LowDim(Rule):
         if self.p_rule == "oja":
             # ΔP = η ⟨z δᵀ - z zᵀ P⟩ with δ = b·g the per-example error (batch-mean loss over
             # b examples; every position of a conv map and every token counts as a sample)
-            out["P"] = oja_grad(P, ops.rows(g), ops.rows(z), ops.batch_size(g))
+            out["P"] = oja_grad(P, ops.cross(z, g), ops.cross(z, z), ops.n_rows(g), ops.batch_size(g))
         elif self.p_rule == "kp":
             # ΔP = Q_w ΔWᵀ (SPEC: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
             y = ops.forward(x, self.q_weight(layer), None)
-            out["P"] = ops.rows(y).mT @ ops.rows(g)
+            out["P"] = ops.cross(y, g)
         elif self.p_rule == "lowrank":
             out["P"] = ((Qf @ Qf.mT) @ P - Qf @ Wf.mT) * scale  # ∇P without forming QP - Wᵀ
         if self.q_rule == "kp":
@@ -261,10 +261,11 @@ class LowDim(Rule):
         return out
 
 
-def oja_grad(P, g_rows, z_rows, batch: int):
-    """P.grad of Oja's subspace rule, ΔP = η ⟨z δᵀ - z zᵀ P⟩ over the M rows, with the
-    per-example error δ = batch·g (the loss is a mean over ``batch`` examples) and z = P δ."""
-    return -(z_rows.mT @ g_rows - (z_rows.mT @ z_rows) @ P) * (batch**2 / g_rows.shape[-2])
+def oja_grad(P, zg, zz, rows: int, batch: int):
+    """P.grad of Oja's subspace rule, ΔP = η ⟨z δᵀ - z zᵀ P⟩ over ``rows`` samples, from the sums
+    zg = Σ z gᵀ and zz = Σ z zᵀ (z = P g), with the per-example error δ = batch·g (the loss is a
+    mean over ``batch`` examples)."""
+    return -(zg - zz @ P) * (batch**2 / rows)
 
 
 def svd_factors(W: torch.Tensor, r: int, ops):
@@ -361,4 +362,5 @@ class DirectLowDim(DFA):
     def grads(self, layer, x, g, gW):
         if not (layer.is_output and self.p_rule == "oja"):
             return {}
-        return {"P": oja_grad(layer.P, g, g @ layer.P.mT, g.shape[0])}
+        z = g @ layer.P.mT
+        return {"P": oja_grad(layer.P, z.mT @ g, z.mT @ z, g.shape[0], g.shape[0])}

@@ -45,6 +45,14 @@ class LinearOps:
         """The error as a (samples x n_out) matrix: one row per example (and token)."""
         return g.reshape(-1, g.shape[-1])
 
+    def cross(self, a, b):
+        """Σ over samples of a bᵀ (n_a x n_b): rows(a)ᵀ rows(b)."""
+        return self.rows(a).mT @ self.rows(b)
+
+    def n_rows(self, g):
+        """How many samples rows(g) has (examples, times tokens or positions)."""
+        return g.numel() // g.shape[-1]
+
     def flat(self, W):
         return W
 
@@ -97,6 +105,9 @@ class BatchedLinearOps(LinearOps):
     def rows(self, g):
         return g
 
+    def n_rows(self, g):
+        return g.shape[-2]
+
     def batch_size(self, g):
         return g.shape[1]
 
@@ -122,11 +133,20 @@ class ConvOps:
         return conv2d_input(x_shape, M, g, self.stride, self.padding, self.dilation, self.groups)
 
     def compress(self, g, P):
-        return F.conv2d(g, P[:, :, None, None])
+        """z = P g at every position (a 1x1 convolution), as one broadcast matrix product:
+        (r, C) @ (B, C, H·W) runs ~2x faster on CPU than conv2d with a 1x1 kernel."""
+        return (P @ g.flatten(2)).view(g.shape[0], P.shape[0], *g.shape[2:])
 
     def rows(self, g):
         """The error as (samples·positions x C_out): every position is a sample."""
         return g.permute(0, 2, 3, 1).reshape(-1, g.shape[1])
+
+    def cross(self, a, b):
+        """Σ over examples and positions of a bᵀ (C_a x C_b), without the permuted copy of rows()."""
+        return (a.flatten(2) @ b.flatten(2).mT).sum(0)
+
+    def n_rows(self, g):
+        return g.numel() // g.shape[1]
 
     def flat(self, W):
         return W.reshape(W.shape[0], -1)

@@ -293,3 +293,21 @@ def test_mixed_precision_autocast(rule, kw):
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         assert p.grad.dtype == p.dtype and torch.isfinite(p.grad).all(), name
         assert torch.allclose(p.grad, q.grad, rtol=0.1, atol=2e-2), name  # bf16 forward: ~1e-2
+
+
+def test_cross_products_equal_the_row_matrices():
+    """ops.cross(a, b) = rows(a)ᵀ rows(b) (what Oja's and kp's P updates sum), for conv maps,
+    token batches and seed-batched layers, without forming the rows."""
+    from ldfa.sim.ops import BatchedLinearOps, ConvOps, LinearOps
+
+    gen = torch.Generator().manual_seed(0)
+    conv = ConvOps(1, 1, 1, 1)
+    a, b = torch.randn(3, 4, 5, 6, generator=gen), torch.randn(3, 7, 5, 6, generator=gen)
+    assert torch.allclose(conv.cross(a, b), conv.rows(a).T @ conv.rows(b), atol=1e-5)
+    assert conv.n_rows(a) == conv.rows(a).shape[0] == 90
+    lin = LinearOps()
+    a, b = torch.randn(3, 5, 4, generator=gen), torch.randn(3, 5, 7, generator=gen)
+    assert torch.allclose(lin.cross(a, b), lin.rows(a).T @ lin.rows(b), atol=1e-5)
+    assert lin.n_rows(a) == 15
+    bat = BatchedLinearOps()
+    assert torch.allclose(bat.cross(a, b)[1], a[1].T @ b[1], atol=1e-5) and bat.n_rows(a) == 5
