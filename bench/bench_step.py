@@ -5,6 +5,8 @@
 Models: an MLP 784-2048-2048-2048-10 (batch 256) and the conv net (batch 128, 28x28).
 Each repeat times ``steps`` SGD steps of every rule back to back (interleaved, so slow
 drift of the machine hits all rules alike); the ratio is median(rule) / median(bp).
+"floor" is bp without its input-gradient products (every layer below gets a zero error):
+the least any rule that skips Wᵀg can cost on this machine.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ldfa.sim import models
-from ldfa.sim.layers import convert
+from ldfa.sim.feedback import Rule
+from ldfa.sim.layers import convert, feedback_layers
 
 RULES = {
     "bp": dict(rule="bp"),
@@ -27,7 +30,19 @@ RULES = {
     "ld r=10 (oja, kp)": dict(rule="ld", rank=10, p_rule="oja", q_rule="kp"),
     "ld r=10 (fixed, fixed)": dict(rule="ld", rank=10, p_rule="fixed", q_rule="fixed"),
     "ldfa r=10 (lowrank)": dict(rule="ldfa", rank=10),
+    "floor: no input product": dict(rule="floor"),
 }
+
+
+class NoInputProduct(Rule):
+    """Timing floor, not a learning rule: every layer below gets a zero error (an expanded
+    scalar, no memory), so the step is bp minus its Wᵀg products: forward, weight gradients,
+    activation and pooling backward, optimizer. No rule that skips Wᵀg can be cheaper."""
+
+    name = "floor"
+
+    def input_grad(self, layer, x, g):
+        return x.new_zeros(()).expand(x.shape)
 
 
 def make(name: str, rule_kw: dict, device):
@@ -39,7 +54,12 @@ def make(name: str, rule_kw: dict, device):
         model = models.ConvNet(in_channels=1, image_size=28)
         x = torch.randn(128, 1, 28, 28)
     y = torch.randint(0, 10, (x.shape[0],))
-    convert(model, **rule_kw, clip_rank="rank" in rule_kw)
+    if rule_kw["rule"] == "floor":
+        convert(model, "fa")
+        for _, layer in feedback_layers(model):
+            layer.rule = NoInputProduct()
+    else:
+        convert(model, **rule_kw, clip_rank="rank" in rule_kw)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     return model, opt, x.to(device), y.to(device)

@@ -215,9 +215,10 @@ class LowDim(Rule):
         """z = P g once (r numbers per example); the layer below gets Q_wᵀ z."""
         if self.p_rule == "svd":
             self._track_covariance(layer, g)
+        if not need_input:  # the first layer: z only if P's or Q's own update needs it (grads)
+            return None, self.grads(layer, x, g, gW)
         z = layer.ops.compress(g, layer.P)
-        gx = layer.ops.input_grad(z, self.q_weight(layer), x.shape) if need_input else None
-        return gx, self.grads(layer, x, g, gW, z)
+        return layer.ops.input_grad(z, self.q_weight(layer), x.shape), self.grads(layer, x, g, gW, z)
 
     def input_grad(self, layer, x, g):
         return self.backward(layer, x, g, None, True)[0]
@@ -238,7 +239,8 @@ class LowDim(Rule):
         P, Wf = layer.P, ops.flat(layer.weight)
         scale = 1.0 / math.sqrt(self.rank) if self.lowrank_scale else 1.0
         Qf = ops.flat_q(self.q_weight(layer))
-        z = ops.compress(g, P) if z is None else z
+        if z is None and (self.p_rule == "oja" or self.q_rule == "kp"):
+            z = ops.compress(g, P)
         if self.p_rule == "oja":
             # ΔP = η ⟨z δᵀ - z zᵀ P⟩ with δ = b·g the per-example error (batch-mean loss over
             # b examples; every position of a conv map and every token counts as a sample)

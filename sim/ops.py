@@ -133,9 +133,11 @@ class ConvOps:
         return conv2d_input(x_shape, M, g, self.stride, self.padding, self.dilation, self.groups)
 
     def compress(self, g, P):
-        """z = P g at every position (a 1x1 convolution), as one broadcast matrix product:
-        (r, C) @ (B, C, H·W) runs ~2x faster on CPU than conv2d with a 1x1 kernel."""
-        return (P @ g.flatten(2)).view(g.shape[0], P.shape[0], *g.shape[2:])
+        """z = P g at every position (a 1x1 convolution), as one batched matrix product
+        (B, r, C) @ (B, C, H·W): ~2x faster on CPU than conv2d with a 1x1 kernel. (Plain
+        ``P @ g`` may instead fold g into a transposed (B·H·W, C) copy when P requires grad.)"""
+        B = g.shape[0]
+        return torch.bmm(P.expand(B, *P.shape), g.flatten(2)).view(B, P.shape[0], *g.shape[2:])
 
     def rows(self, g):
         """The error as (samples·positions x C_out): every position is a sample."""
