@@ -41,8 +41,9 @@ def _settings(preset: str) -> tuple[dict, float]:
     return {**VIT, **p}, pre_epochs
 
 
-def backbone(store: Store, preset: str, seed: int) -> tuple[Path, float]:
-    """The source-task backbone file (written from the store) and its source test accuracy."""
+def backbone(store: Store, preset: str, seed: int) -> tuple[Path, float, int]:
+    """The source-task backbone file (written from the store), its source test accuracy and its
+    number of parameters (all trained)."""
     settings, pre_epochs = _settings(preset)
     config = {**settings, "epochs": pre_epochs, "classes": SOURCE, "lr": 1e-3, "seed": seed}
     if "steps" in config:
@@ -53,28 +54,33 @@ def backbone(store: Store, preset: str, seed: int) -> tuple[Path, float]:
         arrays = {k: v.detach().cpu().numpy() for k, v in out["model"].state_dict().items()}
         return {"test_acc": out["test_acc"], "seconds": out["seconds"]}, arrays
 
+    misses = store.misses
     entry = store.cached("transfer-source", config, compute)
-    path = store.root / "backbones" / f"{store.key('transfer-source', config)}.pt"
-    if not path.exists():
+    key = store.key("transfer-source", config)
+    path = store.root / "backbones" / f"{key}.pt"
+    if store.misses > misses or not path.exists():  # (re)computed: the file follows the entry
         state = {k: torch.from_numpy(np.asarray(v)) for k, v in entry["arrays"].items()}
         save_state(state, path)
-    return path, entry["result"]["test_acc"]
+    size = sum(int(np.asarray(v).size) for k, v in entry["arrays"].items())
+    return path, entry["result"]["test_acc"], size
 
 
 def adapt(store: Store, preset: str, seed: int, method: str) -> dict:
     """One target-task run of ``method`` (a key of METHODS); result: accuracy and tuned parameters."""
     settings, _ = _settings(preset)
     kw = dict(METHODS[method])
+    path = None
     if "transfer" in kw:
-        kw["backbone"] = str(backbone(store, preset, seed)[0])
+        path = backbone(store, preset, seed)[0]
+        kw["backbone"] = path.stem  # the source run's store key: the cache key follows pre-training
     config = {**settings, **kw, "classes": TARGET, "seed": seed}
 
     def compute():
-        out = train(TrainConfig(**config), progress=False)
+        run = {**config, "backbone": str(path)} if path else config
+        out = train(TrainConfig(**run), progress=False)
         return {"test_acc": out["test_acc"], "tuned": tuned_parameters(out["model"]),
                 "seconds": out["seconds"]}
 
-    # the backbone path names its source run's key, so the key follows the pre-training too
     return store.cached("transfer-target", config, compute)["result"]
 
 
@@ -82,14 +88,15 @@ def transfer_table(preset: str, out_dir, store: Store | None = None) -> list[Pat
     """The transfer table: target accuracy and tuned parameters per method (markdown, CSV, LaTeX)."""
     store = store or Store()
     seeds = SEEDS[preset]
-    source = [100 * backbone(store, preset, s)[1] for s in seeds]
-    rows = [["source task (classes 0-4), bp", statistics.mean(source), min(source), max(source), "all",
-             len(seeds)]]
+    sources = [backbone(store, preset, s) for s in seeds]
+    source = [100 * acc for _, acc, _ in sources]
+    rows = [["source task (classes 0-4), bp, lr 0.001", statistics.mean(source), min(source), max(source),
+             sources[0][2], len(seeds)]]
     for method in METHODS:
         runs = [adapt(store, preset, s, method) for s in seeds]
         accs = [100 * r["test_acc"] for r in runs]
-        rows.append([f"target (5-9): {method}", statistics.mean(accs), min(accs), max(accs),
-                     f"{runs[0]['tuned']:,}", len(seeds)])
+        rows.append([f"target (5-9): {method}, lr {METHODS[method]['lr']:g}", statistics.mean(accs),
+                     min(accs), max(accs), runs[0]["tuned"], len(seeds)])
     return write_table(out_dir, "transfer_table",
                        ["run", "test accuracy (mean)", "min", "max", "tuned parameters", "seeds"], rows,
-                       ["{}", "{:.1f}%", "{:.1f}%", "{:.1f}%", "{}", "{}"])
+                       ["{}", "{:.1f}%", "{:.1f}%", "{:.1f}%", "{:,}", "{}"])

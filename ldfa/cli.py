@@ -119,6 +119,13 @@ def cmd_theory(args) -> None:
     print(f"wrote {data} and {png}")
 
 
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: need comma-separated integers, e.g. 5,6,7,8,9") from None
+
+
 def cmd_train(args) -> None:
     import json
 
@@ -136,11 +143,13 @@ def cmd_train(args) -> None:
         lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
         clip_rank=args.clip_rank, inverse_iters=args.inverse_iters, tp_beta=args.tp_beta,
         tp_noise=args.tp_noise, tp_normalize=args.tp_normalize,
-        classes=tuple(int(c) for c in args.classes.split(",")) if args.classes else None,
+        classes=_int_list("--classes", args.classes) if args.classes else None,
         transfer=args.transfer, backbone=args.backbone,
         seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options)
     out = _out_dir(args.out)
-    stem = args.name or f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
+    stem = args.name or (f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
+                         + (f"-{cfg.transfer}" if cfg.transfer else "")
+                         + (f"-c{''.join(map(str, cfg.classes))}" if cfg.classes else ""))
     result = train(cfg, log_path=out / f"{stem}.jsonl", progress=not args.quiet,
                    checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     if result["rank"] != 0:  # under torchrun only the first process writes

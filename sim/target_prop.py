@@ -13,7 +13,9 @@ and a target is carried down by the difference-corrected inverse, iterated k tim
 k = 1 is difference target propagation (dtp: t_{l-1} = h_{l-1} + g_l(t_l) - g_l(h_l)); k > 1
 refines the inverse (ddtp, ``--inverse-iters k``): where I - J_g J_f is contractive the x_j
 converge exponentially to the input whose output is t_l, so the update approaches
-Gauss-Newton as β -> 0 (the *differential* regime, small β). Each layer then moves toward its
+Gauss-Newton as β -> 0 (the *differential* regime, small β; in float32 the update is a
+difference of O(1) activations divided by β, measured 1e-5 relative round-off at β = 0.01
+and 1e-3 at β = 1e-4, so go below 1e-4 only in float64). Each layer then moves toward its
 own target with the local loss ½‖f_l(h_{l-1}) - t_l‖², whose gradient is the layer's
 ordinary local gradient at the error e_l = (h_l - t_l)/β (so β only sets how far the targets
 reach, and the learning rate keeps its meaning).
@@ -22,10 +24,12 @@ With ``normalize`` (layer influence, Bengio 2020 section on normalization, in th
 public implementation that follows the paper; the paper's body text was not available to us)
 every hidden layer's update uses the scaled shift s_l d_l, s_l = ‖d_L‖² / ‖d_l‖² per example,
 where d_l = t_l - h_l; the unscaled target keeps travelling down. With exact inverses
-d_l = J_l⁻¹ d_L (J_l = ∂h_L/∂h_l), so the bp error G_l = J_lᵀ ∂ℓ/∂h_L has G_l · d_l = -‖d_L‖²/β and
-s_l d_l/β is exactly G_l projected on the target direction: a layer whose small change moves
-the output a lot (large influence) takes a large step, as under gradient descent. It needs
-one scalar per example, ‖d_L‖², broadcast to every layer, and no weight transport.
+d_l = J_l⁻¹ d_L (J_l = ∂h_L/∂h_l), so the bp error G_l = J_lᵀ ∂ℓ/∂h_L has G_l · d_l = -‖d_L‖²/β
+and -s_l d_l/β (the error the layer descends) is exactly G_l projected on the target
+direction: a layer whose small change moves the output a lot (large influence) takes a large
+step, as under gradient descent. It needs one scalar per example, ‖d_L‖², broadcast to every
+layer, and no weight transport. s_l is not bounded: where an inverse nearly collapses d_l the
+step grows as ‖d_L‖²/‖d_l‖ (logged as influence_scale_median / _max).
 
 The inverses learn at the same time by the local reconstruction loss
 ½‖g_l(f_l(h̃)) - h̃‖², h̃ = h_{l-1} + σ ε (ε ~ N(0, I)), its gradient put in V_l's and c_l's .grad.
@@ -38,6 +42,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ldfa.errors import ConfigError
 
@@ -73,12 +78,16 @@ def check_iters(iters) -> int:
 def contraction(f: Map, g: Map, x: torch.Tensor) -> tuple[float, float]:
     """(spectral norm, spectral radius) of I - J_g(f(x)) J_f(x) at one input vector x.
 
-    The norm bounds the rate of every step near x; the radius is the asymptotic rate.
+    The norm bounds the rate of every step near x; the radius is the asymptotic rate. For a
+    block that narrows (n_out < n_in) I - J_g J_f keeps eigenvalue 1 on the n_in - n_out
+    directions f cannot see, so the radius is >= 1 even for an exact pseudo-inverse: there the
+    iterates stop moving in those directions rather than converge, and the rate that matters
+    is that of the output residual, I - J_f J_g (call this with f and g swapped).
     """
     n = x.numel()
     Jf = torch.autograd.functional.jacobian(f, x).reshape(-1, n)
     Jg = torch.autograd.functional.jacobian(g, f(x)).reshape(n, -1)
-    M = torch.eye(n, dtype=x.dtype) - Jg @ Jf
+    M = torch.eye(n, dtype=x.dtype, device=x.device) - Jg @ Jf
     return float(torch.linalg.matrix_norm(M, ord=2)), float(torch.linalg.eigvals(M).abs().max())
 
 
@@ -94,7 +103,9 @@ class TargetBlock(nn.Module):
         super().__init__()
         self.linear, self.act, self.inverse_act, self.tp = linear, act, inverse_act, tp
         self.is_output = is_output
-        self.inverse = nn.Linear(linear.out_features, linear.in_features) if has_inverse else None
+        w = linear.weight
+        self.inverse = (nn.Linear(linear.out_features, linear.in_features, device=w.device, dtype=w.dtype)
+                        if has_inverse else None)
         self.track, self.stats = False, {}
 
     def f(self, h):
@@ -104,10 +115,13 @@ class TargetBlock(nn.Module):
     def g(self, h):
         return self.inverse_act(self.inverse(h))
 
-    def forward(self, h):
+    def forward(self, h, state: dict | None = None):
+        """``state``: one dict per forward pass of the whole net, where the output block's
+        backward leaves ‖d_L‖² for the hidden blocks (influence normalization)."""
+        state = {} if state is None else state
         if self.inverse is None:
-            return _TargetStep.apply(h, self.linear.weight, self.linear.bias, self)
-        return _TargetStep.apply(h, self.linear.weight, self.linear.bias, self,
+            return _TargetStep.apply(h, self.linear.weight, self.linear.bias, self, state)
+        return _TargetStep.apply(h, self.linear.weight, self.linear.bias, self, state,
                                  self.inverse.weight, self.inverse.bias)
 
     def extra_repr(self):
@@ -115,7 +129,7 @@ class TargetBlock(nn.Module):
 
 
 class TargetProp:
-    """The rule's settings (one object shared by the blocks): k, β, σ, normalize."""
+    """The rule's settings (read-only, shared by the blocks): k, β, σ, normalize."""
 
     def __init__(self, name: str, iters: int, beta: float, noise: float, normalize: bool):
         if name not in TP_RULES:
@@ -126,7 +140,6 @@ class TargetProp:
         if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
             raise ConfigError(f"inverse noise sigma={noise!r}: must be a number >= 0")
         self.beta, self.noise, self.normalize = float(beta), float(noise), bool(normalize)
-        self.output_shift_sq = None  # ‖d_L‖² per example, set by the output block's backward
 
     def __repr__(self):
         return (f"{self.name}(k={self.iters}, beta={self.beta:g}, sigma={self.noise:g}, "
@@ -146,13 +159,14 @@ class _TargetStep(torch.autograd.Function):
     reconstruction gradient."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, block, *inverse_params):
+    def forward(ctx, h, weight, bias, block, state, *inverse_params):
         out = block.f(h)
-        ctx.block = block
+        ctx.block, ctx.state = block, state
         ctx.save_for_backward(h, out)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         h, out = ctx.saved_tensors
         block, tp = ctx.block, ctx.block.tp
@@ -160,30 +174,38 @@ class _TargetStep(torch.autograd.Function):
         with torch.no_grad():
             shift = -step * grad  # d_l = t_l - h_l, one row per example
             if block.is_output:
-                tp.output_shift_sq = shift.pow(2).sum(1, keepdim=True)
+                ctx.state["output_shift_sq"] = shift.pow(2).sum(1, keepdim=True)
             scale = 1.0
             if tp.normalize and not block.is_output:  # s_l = ‖d_L‖² / ‖d_l‖², per example
-                scale = tp.output_shift_sq / shift.pow(2).sum(1, keepdim=True).clamp_min(1e-30)
+                if "output_shift_sq" not in ctx.state:
+                    raise RuntimeError("target propagation with normalize needs the backward to start "
+                                       "at the output block (the loss of the whole net's output)")
+                scale = ctx.state["output_shift_sq"] / shift.pow(2).sum(1, keepdim=True).clamp_min(1e-30)
         lin = block.linear
         params = [lin.weight] + ([lin.bias] if lin.bias is not None else [])
         local = _local_vjp(block.f, h, scale * grad, params)
         gW, gb = local[0], (local[1] if lin.bias is not None else None)
+        if block.track and tp.normalize and not block.is_output:
+            block.stats["influence_scale_median"] = float(scale.median())
+            block.stats["influence_scale_max"] = float(scale.max())
         if block.inverse is None:
-            return (None, gW, gb, None)
+            return (None, gW, gb, None, None)
         with torch.no_grad():
             xs = refine_target(block.f, block.g, out + shift, h, tp.iters)
             grad_in = (h - xs[-1]) / step  # the unnormalized target travels on: t_{l-1} = x_k
             if block.track:
-                block.stats = {"angle_delta": angle(grad_in, _input_vjp(block.f, h, grad)),
-                               "reconstruction": float((block.g(out) - h).pow(2).sum(1).mean())}
-                if len(xs) > 2:  # measured rate: ‖x_k - x_{k-1}‖ / ‖x_{k-1} - x_{k-2}‖ (< 1: contracting)
-                    block.stats["inverse_rate"] = float((xs[-1] - xs[-2]).norm() / (xs[-2] - xs[-3]).norm())
+                block.stats.update({"angle_delta": angle(grad_in, _input_vjp(block.f, h, grad)),
+                                    "reconstruction": float((block.g(out) - h).pow(2).sum(1).mean())})
+                if len(xs) > 2:  # measured rate ‖x_k - x_{k-1}‖ / ‖x_{k-1} - x_{k-2}‖ (< 1: contracting),
+                    last, prev = (xs[-1] - xs[-2]).norm(), (xs[-2] - xs[-3]).norm()
+                    if prev > 1e-6 * (xs[1] - xs[0]).norm():  # unless already converged to round-off
+                        block.stats["inverse_rate"] = float(last / prev)
         noisy = h + tp.noise * torch.randn_like(h)
         with torch.enable_grad():
             rec = block.g(block.f(noisy).detach())
             loss = 0.5 * (rec - noisy).pow(2).sum(1).mean()
             gV, gc = torch.autograd.grad(loss, [block.inverse.weight, block.inverse.bias])
-        return (grad_in, gW, gb, None, gV, gc)
+        return (grad_in, gW, gb, None, None, gV, gc)
 
 
 def _input_vjp(fn, h, grad):
@@ -215,8 +237,9 @@ class TargetPropMLP(nn.Module):
 
     def forward(self, x):
         x = x.flatten(1) if x.dim() > 2 else x
+        state = {}  # this pass's ‖d_L‖², shared by its blocks only
         for block in self.blocks:
-            x = block(x)
+            x = block(x, state)
         return x
 
 

@@ -10,10 +10,12 @@ A backbone pre-trained on a source task stays frozen. For a new task:
 4. second pass: the same frozen backbone with td_l added to block l's attention *values*,
    v = W_v (LN(x) + td_l) + b_v; a new head reads the pooled second-pass tokens.
 
-Only ξ, P, the decoders and the head train. (In the authors' code P is left at I for the
-standard variant; we train it, and count it among the tuned parameters.) The decoders'
-reconstruction pre-tuning loss of the original is not used: as in the authors' visual
-fine-tuning, the task loss alone trains the feedback path.
+Only ξ, P, the decoders and the head train. Both decoder maps start small (std 0.02), so the
+steering starts near zero and grows; with plain SGD the feedback path learns slowly (ξ's
+gradient at init is ~1e-4 of the head's), so the experiments use Adam. In the authors' code
+P is left at I for the standard variant; we train it, and count it among the tuned
+parameters. The decoders' reconstruction pre-tuning loss of the original is not used: as in
+the authors' visual fine-tuning, the task loss alone trains the feedback path.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class Decoder(nn.Module):
 def check_backbone(model: nn.Module) -> VisionTransformer:
     attn = [m for m in model.modules() if isinstance(m, SelfAttention)]
     if not isinstance(model, VisionTransformer) or not attn:
-        raise ConfigError(f"TOAST steers attention: model {type(model).__name__} has no attention blocks; "
-                          "use a vision transformer (model 'vit')")
+        raise ConfigError(f"model {type(model).__name__} has no attention blocks: TOAST and the probe "
+                          "need a vision transformer backbone (model 'vit')")
     return model
 
 

@@ -78,6 +78,9 @@ class TrainConfig:
                 raise ConfigError(f"transfer={self.transfer!r} needs a pre-trained backbone (--backbone)")
             if self.rule != "bp":
                 raise ConfigError(f"transfer={self.transfer!r} trains with rule bp, not {self.rule!r}")
+            if self.model != "vit":
+                raise ConfigError(f"transfer={self.transfer!r} adapts a vision transformer: model "
+                                  f"{self.model!r} has no attention blocks; use model 'vit'")
         elif self.backbone:
             raise ConfigError("--backbone needs --transfer (toast, probe or finetune)")
         if self.rule not in ALL_RULES:
@@ -90,8 +93,11 @@ class TrainConfig:
             if self.rule == "dtp" and self.inverse_iters not in (None, 1):
                 raise ConfigError(f"inverse_iters={self.inverse_iters}: dtp uses one inverse step; "
                                   "use rule ddtp for k > 1")
-        elif self.inverse_iters is not None or self.tp_beta is not None:
-            raise ConfigError(f"--inverse-iters/--tp-beta apply to dtp and ddtp only, not to {self.rule!r}")
+            self.target_prop()  # checks β and σ now, before any data is loaded
+        elif (self.inverse_iters is not None or self.tp_beta is not None or self.tp_normalize
+              or self.tp_noise != TrainConfig.tp_noise):
+            raise ConfigError(f"--inverse-iters/--tp-beta/--tp-noise/--tp-normalize apply to dtp and ddtp "
+                              f"only, not to {self.rule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         for name in ("batch_size", "log_every"):
@@ -123,8 +129,9 @@ class TrainConfig:
     def target_prop(self) -> TargetProp:
         """The dtp / ddtp settings (defaults per rule in target_prop.TP_DEFAULTS)."""
         d = TP_DEFAULTS[self.rule]
-        return TargetProp(self.rule, self.inverse_iters or d["iters"], self.tp_beta or d["beta"],
-                          self.tp_noise, self.tp_normalize)
+        iters = d["iters"] if self.inverse_iters is None else self.inverse_iters
+        beta = d["beta"] if self.tp_beta is None else self.tp_beta
+        return TargetProp(self.rule, iters, beta, self.tp_noise, self.tp_normalize)
 
     def rule_options(self) -> dict:
         opts = dict(rank=self.rank, p_rule=self.p_rule, q_rule=self.q_rule, seed=self.seed)
@@ -170,23 +177,41 @@ def _transfer_model(cfg: TrainConfig, input_shape, classes: int, kw: dict):
     from .toast import TOAST, LinearProbe, check_backbone
 
     state = load_state(cfg.backbone)
+    if {"model", "optimizer", "step"} <= set(state):
+        raise ConfigError(f"backbone {cfg.backbone} is a training checkpoint (--checkpoint), not a model "
+                          "file; write one with --save-model")
     head = state.get("head.weight")
     if head is None:
-        raise ConfigError(f"backbone {cfg.backbone}: no head.weight in the file; save a whole model "
-                          "(ldfa train --save-model)")
+        raise ConfigError(f"backbone {cfg.backbone}: no head.weight, so not a saved vit "
+                          f"(keys: {', '.join(list(state)[:4])}, ...); write one with ldfa train --model vit "
+                          "--save-model")
     backbone = models.build(cfg.model, input_shape, head.shape[0], **kw)
     check_backbone(backbone)
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as err:
+    mismatch = _state_mismatch(backbone.state_dict(), state)
+    if mismatch:
         raise ConfigError(f"backbone {cfg.backbone} does not fit model {cfg.model!r} with options {kw}: "
-                          f"{str(err).splitlines()[0]}") from None
+                          f"{mismatch}")
+    backbone.load_state_dict(state)
     if cfg.transfer == "toast":
         return TOAST(backbone, classes)
     if cfg.transfer == "probe":
         return LinearProbe(backbone, classes)
     backbone.head = torch.nn.Linear(backbone.head.in_features, classes)
     return backbone
+
+
+def _state_mismatch(expected: dict, saved: dict) -> str:
+    """What keeps ``saved`` from loading into a model whose state is ``expected`` ('' if nothing)."""
+    missing = [k for k in expected if k not in saved]
+    extra = [k for k in saved if k not in expected]
+    shapes = [f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in saved and saved[k].shape != v.shape]
+    parts = [f"{label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+             for label, items in (("shape (saved vs model)", shapes), ("missing", missing),
+                                  ("unexpected", extra)) if items]
+    if any(k.rsplit(".", 1)[-1] in ("B", "P", "Q", "D") for k in extra):
+        parts.append("the backbone was trained with a feedback rule: train it with bp for --transfer")
+    return "; ".join(parts)
 
 
 def load_state(path) -> dict:

@@ -1,6 +1,7 @@
 """Issue 5 (in progress): every figure function writes its files on a tiny configuration;
 tables are read from the results store; the store survives corrupt entries."""
 
+import csv
 import json
 
 from conftest import needs_fashion_mnist
@@ -100,6 +101,9 @@ def test_transfer_table_reads_the_store_and_counts_tuned_parameters(tmp_path):
     text = (tmp_path / "out" / "transfer_table.md").read_text()
     rows = text.splitlines()[2:]
     assert len(rows) == 5
+    with open(tmp_path / "out" / "transfer_table.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert len(table) == 6 and all(len(r) == 6 for r in table)  # "20,869" stays one quoted field
 
     def tuned(name):
         return int(next(r for r in rows if name in r).split("|")[5].strip().replace(",", ""))

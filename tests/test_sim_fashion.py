@@ -21,4 +21,4 @@ def test_two_epochs_reach_84_percent(kw):
 def test_target_propagation_trains_the_mlp(kw):
     """Measured (seed 0, 1 thread): dtp 83.8%, ddtp k = 5 84.2% (bp 86.1%)."""
     result = train(TrainConfig(**SETTINGS, **kw, seed=0), progress=False)
-    assert result["test_acc"] >= 0.83
+    assert result["test_acc"] >= 0.82

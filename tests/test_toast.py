@@ -92,6 +92,8 @@ def test_bad_transfer_settings(tmp_path):
         TrainConfig(model="vit", transfer="toast", backbone="x.pt", rule="fa")
     with pytest.raises(ConfigError, match="--backbone needs --transfer"):
         TrainConfig(model="vit", backbone="x.pt")
+    with pytest.raises(ConfigError, match="model 'cnn' has no attention blocks"):
+        TrainConfig(model="cnn", transfer="finetune", backbone="x.pt")
 
 
 @needs_fashion_mnist
@@ -105,23 +107,36 @@ def test_backbone_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="corrupt"):
         build(TrainConfig(model="vit", transfer="toast", backbone=str(tmp_path / "bad.pt"), **tiny))
     save_state(VisionTransformer(width=32, heads=4, classes=2), tmp_path / "wide.pt")
-    with pytest.raises(ConfigError, match="does not fit model 'vit'"):
+    with pytest.raises(ConfigError, match=r"does not fit model 'vit'.*shape.*pos_embed \(1, 50, 32\) vs "
+                                          r"\(1, 50, 64\)"):
         build(TrainConfig(model="vit", transfer="toast", backbone=str(tmp_path / "wide.pt"), **tiny))
     save_state(MLP([784, 8, 2]), tmp_path / "mlp.pt")
-    with pytest.raises(ConfigError, match="no head.weight"):
+    with pytest.raises(ConfigError, match="no head.weight, so not a saved vit"):
         build(TrainConfig(model="vit", transfer="toast", backbone=str(tmp_path / "mlp.pt"), **tiny))
+    from ldfa.sim.layers import convert
+
+    save_state(convert(VisionTransformer(classes=2), "fa"), tmp_path / "fa.pt")
+    with pytest.raises(ConfigError, match="unexpected: .*B.*trained with a feedback rule"):
+        build(TrainConfig(model="vit", transfer="probe", backbone=str(tmp_path / "fa.pt"), **tiny))
+    torch.save({"model": {}, "optimizer": {}, "step": 3}, tmp_path / "ckpt.pt")
+    with pytest.raises(ConfigError, match="training checkpoint"):
+        build(TrainConfig(model="vit", transfer="toast", backbone=str(tmp_path / "ckpt.pt"), **tiny))
 
 
 @needs_fashion_mnist
 def test_pretrain_then_steer_from_the_command_line(tmp_path):
     common = [sys.executable, "-m", "ldfa.cli", "train", "--model", "vit", "--steps", "3", "--quiet",
               "--threads", "1", "--out", str(tmp_path)]
-    subprocess.run([*common, "--classes", "0,1,2,3,4", "--save-model", str(tmp_path / "pre.pt"),
-                    "--name", "pre"], check=True, capture_output=True)
+    subprocess.run([*common, "--classes", "0,1,2,3,4", "--save-model", str(tmp_path / "pre.pt")],
+                   check=True, capture_output=True)
     subprocess.run([*common, "--classes", "5,6,7,8,9", "--transfer", "toast", "--backbone",
-                    str(tmp_path / "pre.pt"), "--name", "toast"], check=True, capture_output=True)
-    summary = json.loads((tmp_path / "toast.summary.json").read_text())
+                    str(tmp_path / "pre.pt")], check=True, capture_output=True)
+    # the default names keep the two runs apart
+    assert (tmp_path / "vit-fashion-mnist-bp-c01234.summary.json").exists()
+    summary = json.loads((tmp_path / "vit-fashion-mnist-bp-toast-c56789.summary.json").read_text())
     assert summary["tuned_parameters"] == 64 + 64**2 + 2 * 2 * 64**2 + 64 * 5 + 5
     bad = subprocess.run([*common, "--model", "mlp", "--transfer", "toast", "--backbone",
                           str(tmp_path / "pre.pt")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no attention blocks" in bad.stderr
+    bad = subprocess.run([*common, "--classes", "5,,6"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--classes '5,,6': need comma-separated integers" in bad.stderr
