@@ -68,6 +68,12 @@ class Rule:
     def grads(self, layer, x, g, gW) -> dict:
         return {}
 
+    @classmethod
+    def sends_through_matrix(cls) -> bool:
+        """True if the error sent down is ops.input_grad(g, B_w) with a full matrix B_w (bp, fa,
+        kp, wm, sign): the layer can then form it together with the weight gradient."""
+        return cls.backward is Rule.backward and cls.input_grad is Rule.input_grad
+
     def backward(self, layer, x, g, gW, need_input: bool):
         """(error for the layer below or None, {name: .grad of the rule's own matrices})."""
         return (self.input_grad(layer, x, g) if need_input else None), self.grads(layer, x, g, gW)

@@ -53,9 +53,15 @@ class _Feedback(torch.autograd.Function):
         # under autocast the forward ran in low precision; the backward runs in W's dtype
         x_dtype = x.dtype
         x, g = x.to(weight.dtype), g.to(weight.dtype)
-        gW = ops.weight_grad(x, g, weight.shape)
+        need_input = ctx.needs_input_grad[0]
         gb = ops.bias_grad(g) if ctx.has_bias else None
-        gx, extra = rule.backward(layer, x, g, gW, ctx.needs_input_grad[0])
+        if rule.sends_through_matrix() and hasattr(ops, "fused_backward"):
+            # Bᵀg and Σ g xᵀ in one call, as autograd's own conv backward does for bp
+            gx, gW = ops.fused_backward(x, g, rule.feedback_weight(layer), need_input)
+            extra = rule.grads(layer, x, g, gW)
+        else:
+            gW = ops.weight_grad(x, g, weight.shape)
+            gx, extra = rule.backward(layer, x, g, gW, need_input)
         if layer.track:
             layer.record(x, g, gx)
         gx = gx.to(x_dtype) if gx is not None else None

@@ -311,3 +311,27 @@ def test_cross_products_equal_the_row_matrices():
     assert lin.n_rows(a) == 15
     bat = BatchedLinearOps()
     assert torch.allclose(bat.cross(a, b)[1], a[1].T @ b[1], atol=1e-5) and bat.n_rows(a) == 5
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "kp", "sign"])
+def test_fused_conv_backward_equals_the_separate_products(rule):
+    """Rules that send Bᵀg through a full matrix get Bᵀg and Σ g xᵀ from one fused call on
+    conv layers; it equals conv2d_input(B) and conv2d_weight."""
+    from torch.nn.grad import conv2d_input, conv2d_weight
+
+    torch.manual_seed(0)
+    layer = convert(nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, padding=1)), rule, seed=1)[0]
+    assert layer.rule.sends_through_matrix()
+    set_tracking(layer, True)  # bp too takes the Function then
+    x = torch.randn(4, 3, 9, 9, requires_grad=True)
+    g = torch.randn(4, 5, 5, 5)
+    layer(x).backward(g)
+    B = layer.rule.feedback_weight(layer).detach()
+    assert torch.allclose(x.grad, conv2d_input(x.shape, B, g, 2, 1), atol=1e-5)
+    assert torch.allclose(layer.weight.grad, conv2d_weight(x.detach(), layer.weight.shape, g, 2, 1), atol=1e-4)
+
+
+def test_low_dimensional_rules_do_not_take_the_fused_path():
+    from ldfa.sim.feedback import DFA, LowDim
+
+    assert not LowDim.sends_through_matrix() and not DFA.sends_through_matrix()
