@@ -170,6 +170,8 @@ class _TargetStep(torch.autograd.Function):
     def backward(ctx, grad):
         h, out = ctx.saved_tensors
         block, tp = ctx.block, ctx.block.tp
+        if block.track:
+            block.stats = {}  # this step's diagnostics only
         step = tp.beta * h.shape[0]  # grad = ∂(mean loss)/∂h_l; per example ∂ℓ/∂h_l = B · grad
         with torch.no_grad():
             shift = -step * grad  # d_l = t_l - h_l, one row per example
