@@ -78,3 +78,16 @@ def test_unsupported_batched_rule():
         train_batched(*data(), WIDTHS, "dfa", seeds=[0], steps=1)
     with pytest.raises(ConfigError, match="not available for batched"):
         convert(BatchedMLP(2, WIDTHS), "ld", rank=2, q_rule="mirror")
+
+
+def test_init_like_torch_is_nn_linear_init_bit_for_bit_and_leaves_the_global_rng():
+    from ldfa.sim.batched import init_like_torch
+
+    state = torch.get_rng_state()
+    model = init_like_torch(BatchedMLP(3, [7, 5, 2], None), [4, 9, 11])
+    assert torch.equal(torch.get_rng_state(), state)
+    for s, seed in enumerate([4, 9, 11]):
+        torch.manual_seed(seed)
+        for layer in model.layers:
+            lin = nn.Linear(layer.weight.shape[2], layer.weight.shape[1])
+            assert torch.equal(lin.weight, layer.weight[s]) and torch.equal(lin.bias, layer.bias[s])
