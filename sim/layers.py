@@ -54,12 +54,12 @@ class _Feedback(torch.autograd.Function):
         x_dtype = x.dtype
         x, g = x.to(weight.dtype), g.to(weight.dtype)
         need_input = ctx.needs_input_grad[0]
-        gb = ops.bias_grad(g) if ctx.has_bias else None
         if rule.sends_through_matrix() and hasattr(ops, "fused_backward"):
-            # Bᵀg and Σ g xᵀ in one call, as autograd's own conv backward does for bp
-            gx, gW = ops.fused_backward(x, g, rule.feedback_weight(layer), need_input)
+            # Bᵀg, Σ g xᵀ and Σ g in one call, as autograd's own conv backward does for bp
+            gx, gW, gb = ops.fused_backward(x, g, rule.feedback_weight(layer), need_input, ctx.has_bias)
             extra = rule.grads(layer, x, g, gW)
         else:
+            gb = ops.bias_grad(g) if ctx.has_bias else None
             gW = ops.weight_grad(x, g, weight.shape)
             gx, extra = rule.backward(layer, x, g, gW, need_input)
         if layer.track:

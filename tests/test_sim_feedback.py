@@ -330,6 +330,7 @@ def test_fused_conv_backward_equals_the_separate_products(rule):
     assert torch.allclose(x.grad, conv2d_input(x.shape, B, g, 2, 1), atol=1e-5)
     gW = conv2d_weight(x.detach(), layer.weight.shape, g, 2, 1)
     assert torch.allclose(layer.weight.grad, gW, atol=1e-4)
+    assert torch.allclose(layer.bias.grad, g.sum((0, 2, 3)), atol=1e-4)
 
 
 def test_low_dimensional_rules_do_not_take_the_fused_path():
