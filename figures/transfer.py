@@ -25,6 +25,7 @@ PRESET = {"quick": dict(train_subset=10000, pretrain_epochs=4, epochs=2),
           "full": dict(train_subset=None, pretrain_epochs=10, epochs=5),
           "tiny": dict(train_subset=512, test_subset=500, steps=4, pretrain_epochs=1, epochs=1)}
 SEEDS = {"quick": [0], "full": [0, 1, 2], "tiny": [0]}
+SOURCE_LR = 1e-3
 # learning rates: frozen-backbone methods train a few new, small-init parameters and take a
 # larger step (chosen from {1e-3, 3e-3, 1e-2} in one quick run, see the README)
 METHODS = {"linear probe": dict(transfer="probe", lr=1e-2),
@@ -45,7 +46,7 @@ def backbone(store: Store, preset: str, seed: int) -> tuple[Path, float, int]:
     """The source-task backbone file (written from the store), its source test accuracy and its
     number of parameters (all trained)."""
     settings, pre_epochs = _settings(preset)
-    config = {**settings, "epochs": pre_epochs, "classes": SOURCE, "lr": 1e-3, "seed": seed}
+    config = {**settings, "epochs": pre_epochs, "classes": SOURCE, "lr": SOURCE_LR, "seed": seed}
     if "steps" in config:
         config["steps"] *= 2
 
@@ -90,8 +91,8 @@ def transfer_table(preset: str, out_dir, store: Store | None = None) -> list[Pat
     seeds = SEEDS[preset]
     sources = [backbone(store, preset, s) for s in seeds]
     source = [100 * acc for _, acc, _ in sources]
-    rows = [["source task (classes 0-4), bp, lr 0.001", statistics.mean(source), min(source), max(source),
-             sources[0][2], len(seeds)]]
+    rows = [[f"source task (classes 0-4), bp, lr {SOURCE_LR:g}", statistics.mean(source), min(source),
+             max(source), sources[0][2], len(seeds)]]
     for method in METHODS:
         runs = [adapt(store, preset, s, method) for s in seeds]
         accs = [100 * r["test_acc"] for r in runs]

@@ -57,8 +57,7 @@ class TOAST(nn.Module):
 
     def __init__(self, backbone: nn.Module, classes: int):
         super().__init__()
-        self.backbone = check_backbone(backbone)
-        self.backbone.requires_grad_(False)
+        self.backbone = check_backbone(backbone).requires_grad_(False)
         width = backbone.pos_embed.shape[-1]
         self.prompt = nn.Parameter(torch.randn(width))  # ξ
         self.select = nn.Linear(width, width, bias=False)  # P
@@ -88,8 +87,7 @@ class LinearProbe(nn.Module):
 
     def __init__(self, backbone: nn.Module, classes: int):
         super().__init__()
-        self.backbone = check_backbone(backbone)
-        self.backbone.requires_grad_(False)
+        self.backbone = check_backbone(backbone).requires_grad_(False)
         self.head = nn.Linear(backbone.pos_embed.shape[-1], classes)
 
     def forward(self, x):

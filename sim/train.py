@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from ldfa.errors import ConfigError
+from ldfa.theory.trajectory import atomic_write
 
 from . import data as datasets
 from . import models
 from .feedback import P_RULES, PRESETS, Q_RULES
 from .layers import RULES, convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
-from .target_prop import TP_DEFAULTS, TP_RULES, TargetProp, TargetPropMLP, check_iters
+from .target_prop import TP_DEFAULTS, TP_RULES, TargetProp, TargetPropMLP
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TRANSFER = ("toast", "probe", "finetune")
@@ -88,12 +89,10 @@ class TrainConfig:
         if self.rule in TP_RULES:
             if self.model not in ("mlp", "linear"):
                 raise ConfigError(f"rule {self.rule!r} needs model mlp or linear, not {self.model!r}")
-            if self.inverse_iters is not None:
-                check_iters(self.inverse_iters)
+            self.target_prop()  # checks k, β and σ now, before any data is loaded
             if self.rule == "dtp" and self.inverse_iters not in (None, 1):
                 raise ConfigError(f"inverse_iters={self.inverse_iters}: dtp uses one inverse step; "
                                   "use rule ddtp for k > 1")
-            self.target_prop()  # checks β and σ now, before any data is loaded
         elif (self.inverse_iters is not None or self.tp_beta is not None or self.tp_normalize
               or self.tp_noise != TrainConfig.tp_noise):
             raise ConfigError(f"--inverse-iters/--tp-beta/--tp-noise/--tp-normalize apply to dtp and ddtp "
@@ -174,7 +173,7 @@ def build(cfg: TrainConfig):
 def _transfer_model(cfg: TrainConfig, input_shape, classes: int, kw: dict):
     """The pre-trained backbone (its own class count read from the file) wrapped for transfer:
     toast (sim/toast.py), probe (frozen, new linear head) or finetune (all weights, new head)."""
-    from .toast import TOAST, LinearProbe, check_backbone
+    from .toast import TOAST, LinearProbe
 
     state = load_state(cfg.backbone)
     if {"model", "optimizer", "step"} <= set(state):
@@ -185,8 +184,7 @@ def _transfer_model(cfg: TrainConfig, input_shape, classes: int, kw: dict):
         raise ConfigError(f"backbone {cfg.backbone}: no head.weight, so not a saved vit "
                           f"(keys: {', '.join(list(state)[:4])}, ...); write one with ldfa train --model vit "
                           "--save-model")
-    backbone = models.build(cfg.model, input_shape, head.shape[0], **kw)
-    check_backbone(backbone)
+    backbone = models.build(cfg.model, input_shape, head.shape[0], **kw)  # a vit: TrainConfig checked
     mismatch = _state_mismatch(backbone.state_dict(), state)
     if mismatch:
         raise ConfigError(f"backbone {cfg.backbone} does not fit model {cfg.model!r} with options {kw}: "
@@ -233,13 +231,8 @@ def save_state(model, path) -> Path:
 
 
 def _torch_save(obj, path) -> Path:
-    """torch.save to a temporary file, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    """torch.save through theory's atomic_write: a crash never leaves half a file."""
+    return atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def make_optimizer(cfg: TrainConfig, model):
