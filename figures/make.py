@@ -11,8 +11,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from ldfa.errors import ConfigError
-
+from ..theory.errors import ConfigError
 from . import mlp_figs, phase_compute, theory_figs, transfer
 from .store import Store
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldfa.sim.train import TrainConfig, TrainingDiverged, train
-
+from ..sim.train import TrainConfig, TrainingDiverged, train
 from .store import Store
 from .style import PALETTE, figure, save
 from .tables import write_table

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import sympy as sp
 
-from ldfa.theory import derive
-from ldfa.theory.analysis import conserved_quantities
-from ldfa.theory.modes import reduce_to_modes, strength_ode
-
+from ..theory import derive
+from ..theory.analysis import conserved_quantities
+from ..theory.modes import reduce_to_modes, strength_ode
 from . import mlp_figs, transfer, verify
 from .store import Store
 

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldfa.sim import models
-from ldfa.sim.layers import convert
-from ldfa.theory.predictions import fixed_feedback_plateau, mode_learning_times
-
+from ..sim import models
+from ..sim.layers import convert
+from ..theory.predictions import fixed_feedback_plateau, mode_learning_times
 from .store import Store
 from .style import figure, save
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ldfa.theory.trajectory import atomic_write
+from ..theory.trajectory import atomic_write
 
 PACKAGE_DIRS = ("theory", "sim")  # the code that computes results; plotting code may change freely
 

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ldfa.theory.trajectory import atomic_write  # noqa: E402
+from ..theory.trajectory import atomic_write  # noqa: E402
 
 # Okabe-Ito palette (colour-blind safe), one colour per rule family
 PALETTE = {

@@ -19,8 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
-from ldfa.errors import ConfigError
-
+from ..theory.errors import ConfigError
 from .store import Store
 
 KIND = "sweep-train"
@@ -45,7 +44,7 @@ def load_config(path) -> dict:
 
 def expand(config: dict) -> list[dict]:
     """Every run of the sweep as a TrainConfig dict, each validated now (before any compute)."""
-    from ldfa.sim.train import TrainConfig
+    from ..sim.train import TrainConfig
 
     allowed = {f.name for f in fields(TrainConfig)}
     base, grid = dict(config.get("base", {})), dict(config.get("grid", {}))
@@ -70,7 +69,7 @@ def run_one(store_root: str, config: dict, retry_failed: bool = False) -> dict:
     """Train ``config`` unless the store has it; a diverged run is stored as failed."""
     import torch
 
-    from ldfa.sim.train import TrainConfig, TrainingDiverged, train
+    from ..sim.train import TrainConfig, TrainingDiverged, train
 
     torch.set_num_threads(1)
     store = Store(store_root)

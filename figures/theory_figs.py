@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ldfa.theory.config import TheoryConfig
-from ldfa.theory.integrate import integrate
-from ldfa.theory.predictions import bp_learning_time, fixed_feedback_plateau, mode_learning_times
-
+from ..theory.config import TheoryConfig
+from ..theory.integrate import integrate
+from ..theory.predictions import bp_learning_time, fixed_feedback_plateau, mode_learning_times
 from .store import Store
 from .style import PALETTE, figure, save
 from .verify import crossing_times, simulate, simulate_config

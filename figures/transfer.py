@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldfa.sim.toast import tuned_parameters
-from ldfa.sim.train import TrainConfig, save_state, train
-
+from ..sim.toast import tuned_parameters
+from ..sim.train import TrainConfig, save_state, train
 from .store import Store
 from .tables import write_table
 

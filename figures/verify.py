@@ -21,14 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldfa.errors import ConfigError
-from ldfa.sim import data as datasets
-from ldfa.sim import models
-from ldfa.sim.layers import convert, feedback_layers
-from ldfa.theory import predictions as pred
-from ldfa.theory.config import TheoryConfig
-from ldfa.theory.integrate import integrate, integrate_modes
-
+from ..sim import data as datasets
+from ..sim import models
+from ..sim.layers import convert, feedback_layers
+from ..theory import predictions as pred
+from ..theory.config import TheoryConfig
+from ..theory.errors import ConfigError
+from ..theory.integrate import integrate, integrate_modes
 from .style import PALETTE, figure, save
 
 
@@ -280,7 +279,7 @@ def check_nonlinear_rank(quick=True, classes=10) -> Result:
     no equation here; the linear analysis says r of the order of the task dimension suffices.
     quick: 1 epoch on 20000 training images; full: 2 epochs on all 60000.
     """
-    from ldfa.sim.train import TrainConfig, train
+    from ..sim.train import TrainConfig, train
 
     base = dict(model="mlp", hidden=(256, 256), epochs=1 if quick else 2,
                 model_options={"activation": "tanh"}, train_subset=20000 if quick else None)
@@ -381,7 +380,7 @@ def simulate_config(cfg: TheoryConfig, eta: float, record_every: int = 1) -> Lin
 
     SPEC orientation → weight orientation: B_w = Bᵀ, P_w = P, Q_w = Qᵀ.
     """
-    from ldfa.theory.integrate import MatrixSystem
+    from ..theory.integrate import MatrixSystem
 
     if cfg.layers != 2 or cfg.direct:
         raise ConfigError("simulate_config covers 2-layer layerwise configurations")

@@ -1,5 +1,3 @@
-"""The one error type users see: a bad value, named, with what is allowed."""
+"""The one error type users see (defined in the theory layer, the base of the package)."""
 
-
-class ConfigError(ValueError):
-    """Bad user input. The message is one line naming the value and what is allowed."""
+from .theory.errors import ConfigError  # noqa: F401

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldfa.errors import ConfigError
-
+from ..theory.errors import ConfigError
 from .layers import BatchedLinear, FeedbackLayer, convert
 
 BATCHED_RULES = ("bp", "fa", "kp", "ld", "ldfa", "ldfa-local", "raf")

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldfa.errors import ConfigError
+from ..theory.errors import ConfigError
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_HINT = ("install it with `apt-get install dataset-fashion-mnist` "

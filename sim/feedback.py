@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ldfa.errors import ConfigError
+from ..theory.errors import ConfigError
 
 P_RULES = ("fixed", "oja", "svd", "kp", "lowrank")
 Q_RULES = ("fixed", "aligned", "kp", "mirror", "lowrank")

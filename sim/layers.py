@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldfa.errors import ConfigError
-
+from ..theory.errors import ConfigError
 from .feedback import BP, DFA, FA, KP, PRESETS, DirectContext, DirectLowDim, LowDim, Rule, Sign, WeightMirror
 from .ops import BatchedLinearOps, ConvOps, LinearOps, angle
 from .target_prop import TargetBlock, inverse_parameters

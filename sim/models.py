@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldfa.errors import ConfigError
+from ..theory.errors import ConfigError
 
 MODELS = ("linear", "mlp", "cnn", "vit")
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}

@@ -44,8 +44,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ldfa.errors import ConfigError
-
+from ..theory.errors import ConfigError
 from .ops import angle
 
 Map = Callable[[torch.Tensor], torch.Tensor]

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldfa.errors import ConfigError
-
+from ..theory.errors import ConfigError
 from .models import SelfAttention, VisionTransformer
 
 

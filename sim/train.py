@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ldfa.errors import ConfigError
-from ldfa.theory.trajectory import atomic_write
-
+from ..theory.errors import ConfigError
+from ..theory.trajectory import atomic_write
 from . import data as datasets
 from . import models
 from .feedback import P_RULES, PRESETS, Q_RULES

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ldfa.errors import ConfigError
-
+from .closed_form import deep_learning_time
+from .errors import ConfigError
 from .rules import P_RULES, PRESETS, Q_RULES, get_rule
 
 INITS = ("random", "aligned", "first-zero")
@@ -73,8 +73,6 @@ class TheoryConfig:
     def t_end(self) -> float:
         if self.t_max is not None:
             return self.t_max
-        from .predictions import deep_learning_time
-
         s_min = min(self.spectrum)
         u0 = min(self.init_scale**self.layers, s_min / 4)
         return 3 * deep_learning_time(s_min, u0, self.layers, self.tau)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ldfa.errors import ConfigError
-
+from .errors import ConfigError
 from .rules import Crossing, FeedbackRule, get_rule
 
 

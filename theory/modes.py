@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ldfa.errors import ConfigError
-
 from .derive import MatrixODE
+from .errors import ConfigError
 from .rules import TopSubspace
 
 _GREEK = {"B": "beta", "P": "p", "Q": "q", "D": "d"}

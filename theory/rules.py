@@ -28,7 +28,7 @@ from typing import Callable
 
 import sympy as sp
 
-from ldfa.errors import ConfigError
+from .errors import ConfigError
 
 Expr = sp.MatrixExpr
 
