@@ -1,0 +1,134 @@
+"""The feedback-rank figure of the two-layer erf teacher-student network.
+
+ε_g(t) for feedback of rank r = 1..D (ld with fixed random factors, and ld with P following
+Oja's rule and Q = vᵀPᵀ) against backprop, for a teacher with M < D and M = D hidden
+units: theory lines (the order-parameter ODEs of :mod:`ldfa.theory.teacher_student`,
+integrated from each seed's initial overlaps and averaged) and finite-N simulation markers.
+Writes nonlinear_rank.{pdf,png,json} and nonlinear_rank_numbers.tex (LaTeX macros for the
+paper section).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..sim import teacher_student as sim
+from ..theory import teacher_student as ts
+from ..theory.errors import ConfigError
+from ..theory.trajectory import atomic_write
+from .style import PALETTE, figure, save
+
+PRESETS = {  # D outputs; teachers with M hidden units (student K = M); N, seeds, time
+    "tiny": dict(D=2, Ms=(1, 2), N=100, seeds=(0,), t_end=3.0, n_t=4, eta=0.5),
+    "quick": dict(D=4, Ms=(2, 4), N=500, seeds=(0, 1, 2), t_end=40.0, n_t=21, eta=0.5),
+    "full": dict(D=4, Ms=(2, 4), N=2000, seeds=(0, 1, 2, 3, 4), t_end=80.0, n_t=41, eta=0.5),
+}
+VARIANTS = {"fixed": ("fixed", "fixed"), "oja": ("oja", "aligned")}
+WORDS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight"]
+
+
+def _setups(p, M):
+    out = {("bp", 0): ts.Setup(K=M, M=M, D=p["D"], rule="bp", eta=p["eta"])}
+    for name, (pr, qr) in VARIANTS.items():
+        for r in range(1, p["D"] + 1):
+            out[(name, r)] = ts.Setup(K=M, M=M, D=p["D"], rule="ld", p_rule=pr, q_rule=qr, rank=r,
+                                      eta=p["eta"])
+    return out
+
+
+def compute(preset: str) -> dict:
+    """Theory and simulation ε_g(t) for every (M, variant, r); JSON-ready."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    t = np.linspace(0, p["t_end"], p["n_t"])
+    out = {"preset": preset, "t": t.tolist(), "D": p["D"], "N": p["N"], "seeds": list(p["seeds"]),
+           "eta": p["eta"], "teachers": {}}
+    for M in p["Ms"]:
+        setups = _setups(p, M)
+        runs = sim.simulate_many(list(setups.values()), p["N"], p["seeds"], t)
+        curves = {}
+        for (name, r), s, run in zip(setups, setups.values(), runs):
+            ode = np.array([ts.integrate_from(s, i["w"], i["wstar"], i["v"], i["vstar"], i["mats"], t).eps
+                            for i in run.inits])
+            eps = run.eps()
+            curves[f"{name}:{r}"] = {"rule": name, "rank": r, "theory": ode.mean(0).tolist(),
+                                     "sim": eps.mean(0).tolist(),
+                                     "sim_sem": (eps.std(0, ddof=1) / np.sqrt(len(eps))).tolist()
+                                     if len(eps) > 1 else [0.0] * len(t)}
+        out["teachers"][str(M)] = summarise(t, curves)
+    return out
+
+
+def summarise(t, curves) -> dict:
+    """Add, per curve, the final ε_g and the time to reach 1.5 × backprop's final ε_g."""
+    bp_final = curves["bp:0"]["theory"][-1]
+    threshold = 1.5 * bp_final
+    for c in curves.values():
+        th = np.array(c["theory"])
+        c["final_theory"] = float(th[-1])
+        c["final_sim"] = float(c["sim"][-1])
+        c["final_ratio_to_bp"] = float(th[-1] / bp_final)
+        hit = np.nonzero(th <= threshold)[0]
+        c["t_reach"] = float(t[hit[0]]) if len(hit) else None
+    return {"threshold": threshold, "curves": curves}
+
+
+def _plot(data, out_dir):
+    Ms = list(data["teachers"])
+    fig, axes = figure(ncols=len(VARIANTS), nrows=len(Ms), width=2.9, height=2.3)
+    t = np.array(data["t"])
+    D = data["D"]
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    every = max(1, len(t) // 10)
+    for row, M in enumerate(Ms):
+        curves = data["teachers"][M]["curves"]
+        for col, name in enumerate(VARIANTS):
+            ax = axes[row * len(VARIANTS) + col]
+            bp = curves["bp:0"]
+            ax.plot(t, bp["theory"], "-", color=PALETTE["bp"], lw=1.2, label="bp (theory)")
+            ax.plot(t[::every], bp["sim"][::every], "o", color=PALETTE["bp"], ms=3, mfc="none",
+                    label="bp (simulation)")
+            for r in range(1, D + 1):
+                c = curves[f"{name}:{r}"]
+                color = cmap((r - 1) / max(1, D - 1) * 0.9)
+                ax.plot(t, c["theory"], "-", color=color, lw=1, label=f"r = {r} (theory)")
+                ax.plot(t[::every], c["sim"][::every], "s", color=color, ms=2.5,
+                        label=f"r = {r} (simulation)")
+            ax.set_yscale("log")
+            ax.set(xlabel="time t = steps/N", ylabel=r"$\epsilon_g$",
+                   title=f"ld[{'fixed,fixed' if name == 'fixed' else 'oja,aligned'}], "
+                         f"M = {M}, D = {D}")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=6)
+    return save(fig, out_dir, "nonlinear_rank")
+
+
+def macros(data) -> str:
+    """LaTeX macros with the measured numbers (\\TsEps<variant><M><r>, \\TsEpsBp<M>, ...)."""
+    lines = ["% generated by ldfa.figures.nonlinear_figs; do not edit",
+             rf"\newcommand{{\TsN}}{{{data['N']}}}", rf"\newcommand{{\TsSeeds}}{{{len(data['seeds'])}}}",
+             rf"\newcommand{{\TsD}}{{{data['D']}}}", rf"\newcommand{{\TsT}}{{{data['t'][-1]:g}}}",
+             rf"\newcommand{{\TsEta}}{{{data['eta']:g}}}"]
+    for M, block in data["teachers"].items():
+        Mw = WORDS[int(M)]
+        for key, c in block["curves"].items():
+            name, r = key.split(":")
+            tag = "Bp" + Mw if name == "bp" else name.capitalize() + Mw + WORDS[int(r)]
+            lines.append(rf"\newcommand{{\TsEps{tag}}}{{{c['final_theory']:.3g}}}")
+            lines.append(rf"\newcommand{{\TsSim{tag}}}{{{c['final_sim']:.3g}}}")
+            lines.append(rf"\newcommand{{\TsRatio{tag}}}{{{c['final_ratio_to_bp']:.2g}}}")
+    return "\n".join(lines) + "\n"
+
+
+def nonlinear_rank(out_dir, preset="quick") -> list[Path]:
+    """Compute, plot and write nonlinear_rank.{pdf,png,json} and nonlinear_rank_numbers.tex."""
+    data = compute(preset)
+    out_dir = Path(out_dir)
+    paths = _plot(data, out_dir)
+    paths.append(atomic_write(out_dir / "nonlinear_rank.json", lambda f: f.write(json.dumps(data, indent=1))))
+    paths.append(atomic_write(out_dir / "nonlinear_rank_numbers.tex", lambda f: f.write(macros(data))))
+    return paths
