@@ -11,6 +11,7 @@ additive position embedding and class token. There is no ``nn.MultiheadAttention
     DeepLinear([784, 256, 10])             y = W_2 W_1 x
     MLP([784, 256, 256, 10], "relu")       y = W_3 f(W_2 f(W_1 x + b_1) + b_2) + b_3
     ConvNet(in_channels=3, image_size=32)  3 x (conv 3x3, ReLU), max-pool after the first two, 2 fc
+    ResNet(in_channels=1, image_size=28)   stem conv, residual blocks x + conv(relu(conv(x))), head
     VisionTransformer(image_size=32, in_channels=3)   pre-LN ViT, fused qkv, class token
     build("vit", (3, 32, 32), 10, width=128)          the same, by name, with checks
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from ..theory.errors import ConfigError
 
-MODELS = ("linear", "mlp", "cnn", "vit")
+MODELS = ("linear", "mlp", "cnn", "resnet", "vit")
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}
 POOLS = ("cls", "mean")
 
@@ -155,6 +156,49 @@ class ConvNet(nn.Module):
                 x = F.max_pool2d(x, 2)
         x = F.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv2(relu(norm1(conv1(x)))), then ReLU; both convs 3x3, padding 1, ``channels`` wide."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.norm1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.norm2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x))))))
+
+
+class ResNet(nn.Module):
+    """Small residual conv net for (B, C, H, W) images with H = W = ``image_size``.
+
+    ``stem`` = nn.Conv2d(in_channels, width, 3x3, padding 1), BatchNorm, ReLU, 2x2 max-pool; then
+    ``blocks``: ``depth`` residual blocks of ``width`` channels (the skip connection carries the
+    error past each block's two convs); global average pool; ``head`` = nn.Linear(width, classes).
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, width: int = 32, depth: int = 3,
+                 classes: int = 10):
+        super().__init__()
+        for name, value in [("in_channels", in_channels), ("image_size", image_size), ("width", width),
+                            ("depth", depth), ("classes", classes)]:
+            _positive_int(name, value)
+        if image_size < 2:
+            raise ConfigError(f"image_size={image_size}: must be >= 2 for the stem's 2x2 max-pool")
+        self.out_features = classes
+        self.stem = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
+        self.stem_norm = nn.BatchNorm2d(width)
+        self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.stem_norm(self.stem(x))), 2)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=(2, 3)))
 
 
 class SelfAttention(nn.Module):
@@ -304,6 +348,7 @@ def build(name: str, input_shape: int | Sequence[int], classes: int, **kwargs) -
       init_scale.
     - ``"mlp"``: MLP([prod(input_shape), *hidden, classes]); options hidden=(256, 256), activation, bias.
     - ``"cnn"``: ConvNet on (C, S, S) images; options channels, hidden.
+    - ``"resnet"``: ResNet on (C, S, S) images; options width, depth.
     - ``"vit"``: VisionTransformer on (C, S, S) images; options patch, width, depth, heads, mlp_ratio,
       dropout, pool.
 
@@ -326,7 +371,7 @@ def build(name: str, input_shape: int | Sequence[int], classes: int, **kwargs) -
         hidden = _hidden(kwargs.pop("hidden", (256,) if name == "linear" else (256, 256)))
         return cls([math.prod(input_shape), *hidden, classes], **kwargs)
 
-    cls = ConvNet if name == "cnn" else VisionTransformer
+    cls = {"cnn": ConvNet, "resnet": ResNet, "vit": VisionTransformer}[name]
     allowed = [p for p in inspect.signature(cls).parameters if p != "classes"]
     _check_kwargs(name, kwargs, allowed)
     c, s = _image_shape(name, input_shape, kwargs)
