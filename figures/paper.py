@@ -2,20 +2,23 @@
 
 Equations come from the theory engine, tables and every number from the results store
 and the verification report; the manuscript only \\input s them, so no number in it is
-typed by hand.
+typed by hand. Numbers are phrased for their seed count ("one seed", "the mean of three
+seeds"), and a run that diverged is named as such, never printed as "nan".
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import sympy as sp
 
 from ..theory import derive
 from ..theory.analysis import conserved_quantities
 from ..theory.modes import reduce_to_modes, strength_ode
-from . import mlp_figs, transfer, verify
+from . import mlp_figs, phase_compute, transfer, verify
 from .store import Store
 
 
@@ -40,48 +43,188 @@ def _equations() -> str:
     return "\n".join(parts) + "\n"
 
 
-def _numbers(preset: str, store: Store, report: list[verify.Result]) -> str:
-    def acc(**kw):
-        return 100 * statistics.mean(mlp_figs.accuracies(store, preset, **kw))
+# -- phrasing numbers -----------------------------------------------------------------------
 
-    macros = {
-        "AccBp": acc(rule="bp"), "AccFa": acc(rule="fa"), "AccDfa": acc(rule="dfa"),
-        "AccKp": acc(rule="kp"),
-        "AccLdfaTen": acc(rule="ldfa", rank=10), "AccLdfaOne": acc(rule="ldfa", rank=1),
-        "AccFixedTen": acc(rule="ld", rank=10, p_rule="fixed", q_rule="fixed"),
-        "AccFixedOne": acc(rule="ld", rank=1, p_rule="fixed", q_rule="fixed"),
-        "Seeds": len(mlp_figs.SEEDS[preset]),
-        "AccDtp": acc(rule="dtp"), "AccDdtp": acc(rule="ddtp", inverse_iters=5),
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def in_words(n: int) -> str:
+    """n in words up to ten, digits above."""
+    return _WORDS[n] if 0 <= n < len(_WORDS) else str(n)
+
+
+def seed_phrase(n: int) -> str:
+    """How a number from ``n`` seeds is described: "one seed", or "the mean of n seeds"."""
+    return "one seed" if n == 1 else f"the mean of {in_words(n)} seeds"
+
+
+def percent(accs) -> str:
+    r"""Accuracies in [0, 1] as the LaTeX text of their mean in percent ("85.3\%"); runs that
+    diverged (NaN) are left out of the mean and counted; all diverged: "diverged"."""
+    accs = list(accs)
+    ok = [a for a in accs if math.isfinite(a)]
+    if not ok:
+        return "diverged"
+    text = rf"{100 * statistics.mean(ok):.1f}\%"
+    if len(ok) < len(accs):
+        text += f" ({len(accs) - len(ok)} of {len(accs)} seeds diverged)"
+    return text
+
+
+def compare(a: float, b: float, within: float = 1.0) -> str:
+    """a relative to b, in words: "within a point of" when |a - b| < ``within`` (percentage
+    points), else "above" or "below"; "not comparable with" when either diverged."""
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return "not comparable with"
+    if abs(a - b) < within:
+        return "within a point of"
+    return "above" if a > b else "below"
+
+
+def _mean_pct(accs) -> float:
+    ok = [a for a in accs if math.isfinite(a)]
+    return 100 * statistics.mean(ok) if ok else float("nan")
+
+
+def _runs(preset: str):
+    """Every training run the figures and tables of ``preset`` use: (suite, label, rule kwargs)."""
+    for suite, spec in mlp_figs.SUITES.items():
+        for label, kw in spec["variants"].items():
+            for r in spec["ranks"][preset]:
+                yield suite, f"{suite}: {label}, r = {r}", {"rank": r, **kw}
+        for name, kw in spec["refs"].items():
+            yield suite, f"{suite}: {name}", kw
+    for label, kw in mlp_figs.TARGET_PROP.items():
+        yield "mlp", f"mlp: {label}", kw
+
+
+def diverged(preset: str, store: Store) -> list[str]:
+    """Labels (with seed) of the runs of ``preset`` that diverged (stored as failed)."""
+    out = []
+    for suite, label, kw in _runs(preset):
+        for seed in mlp_figs.SEEDS[preset]:
+            result = mlp_figs.run_cached(store, preset, seed, suite, **kw)["result"]
+            if result.get("status") == "failed" or not math.isfinite(result["test_acc"]):
+                out.append(f"{label} (seed {seed})")
+    return out
+
+
+def _diverged_note(labels: list[str], total: int) -> str:
+    if not labels:
+        return f"none of the {total} training runs diverged"
+    shown = ", ".join(_tex(lab) for lab in labels[:4]) + (", \\dots" if len(labels) > 4 else "")
+    return (f"{in_words(len(labels))} of the {total} training runs diverged ({shown}); they are "
+            "left out of the means and drawn as gaps")
+
+
+def _images(n: int | None) -> str:
+    """A training-set size as text: "10\\,000 training images", or all 60\\,000."""
+    return f"{n:,}".replace(",", r"\,") + " training images" if n else r"all 60\,000 training images"
+
+
+def _setup(preset: str) -> dict:
+    """The training setups of ``preset`` as phrases, read from the experiment definitions."""
+    out = {}
+    mlp = {**mlp_figs.SETTINGS, **mlp_figs.PRESET_SETTINGS[preset]}
+    out["MlpSetup"] = (f"{'-'.join(map(str, (784, *mlp['hidden'], 10)))}, "
+                       f"{mlp['model_options']['activation']}, {_images(mlp.get('train_subset'))}, "
+                       + (f"{mlp['steps']} steps" if "steps" in mlp else f"{in_words(mlp['epochs'])} epochs"))
+    for suite in ("cnn", "vit"):
+        spec = mlp_figs.SUITES[suite]
+        cfg = {**spec["settings"], **spec.get(preset, {}), **mlp_figs.PRESET_SETTINGS[preset]}
+        opts = cfg.get("model_options", {})
+        steps = f"{cfg['steps']} steps" if "steps" in cfg else f"{in_words(cfg['epochs'])} epochs"
+        if suite == "vit":
+            arch = f"width {opts['width']}, {in_words(opts['depth'])} blocks, {opts['heads']} heads"
+        else:
+            arch = "channels " + ", ".join(map(str, opts.get("channels", (32, 64, 64))))  # ConvNet's default
+        out[f"{suite.capitalize()}Setup"] = f"{arch}; {_images(cfg.get('train_subset'))}, {steps}"
+    out["ComputeWidth"] = phase_compute.COMPUTE[preset]["width"]
+    out["ScaleNote"] = (
+        "Every experiment is the full preset" if preset == "full" else
+        f"Every experiment is the {preset} preset of the toolkit, sized to run on a CPU in minutes: "
+        r"Fashion-MNIST \citep{xiao2017}, small models and a few epochs. These are not paper-scale "
+        r"runs such as the CIFAR-10 vision transformer of width 384 and depth 8 trained for 250 "
+        r"epochs by \citet{hanut2025}, and the accuracies are those of short training, not of "
+        "converged networks")
+    return out
+
+
+def _numbers(preset: str, store: Store, report: list[verify.Result]) -> str:
+    def acc(suite="mlp", **kw):
+        return mlp_figs.accuracies(store, preset, suite, **kw)
+
+    mlp = {
+        "Bp": acc(rule="bp"), "Fa": acc(rule="fa"), "Dfa": acc(rule="dfa"), "Kp": acc(rule="kp"),
+        "LdfaTen": acc(rule="ldfa", rank=10), "LdfaOne": acc(rule="ldfa", rank=1),
+        "FixedTen": acc(rule="ld", rank=10, p_rule="fixed", q_rule="fixed"),
+        "FixedOne": acc(rule="ld", rank=1, p_rule="fixed", q_rule="fixed"),
+        "Dtp": acc(rule="dtp"), "Ddtp": acc(rule="ddtp", inverse_iters=5),
     }
+    macros = {f"Acc{name}": percent(v) for name, v in mlp.items()}
+    bp = _mean_pct(mlp["Bp"])
+    tp = [_mean_pct(mlp["Dtp"]), _mean_pct(mlp["Ddtp"])]
+    macros["TpVsBp"] = compare(max(tp), bp) if compare(max(tp), bp) == compare(min(tp), bp) else \
+        "respectively " + " and ".join(compare(t, bp) for t in tp)
+    macros["LdfaTenVsBp"] = compare(_mean_pct(mlp["LdfaTen"]), bp)
+
     seeds = transfer.SEEDS[preset]
-    macros["AccSource"] = 100 * statistics.mean(transfer.backbone(store, preset, s)[1] for s in seeds)
+    macros["AccSource"] = percent(transfer.backbone(store, preset, s)[1] for s in seeds)
+    adapted = {}
     for label, method in (("Toast", "TOAST (top-down attention steering)"), ("Probe", "linear probe"),
                           ("Finetune", "full fine-tuning"), ("Scratch", "from scratch (no pre-training)")):
         runs = [transfer.adapt(store, preset, s, method) for s in seeds]
-        macros[f"Acc{label}"] = 100 * statistics.mean(r["test_acc"] for r in runs)
+        adapted[label] = [r["test_acc"] for r in runs]
+        macros[f"Acc{label}"] = percent(adapted[label])
         macros[f"Tuned{label}"] = f"{runs[0]['tuned']:,}"
+    toast = _mean_pct(adapted["Toast"])
+    macros["ToastVsProbe"] = compare(toast, _mean_pct(adapted["Probe"]))
+    macros["ToastVsFinetune"] = compare(toast, _mean_pct(adapted["Finetune"]))
+
     for suite in ("cnn", "vit"):
         top = mlp_figs.SUITES[suite]["ranks"][preset][-1]
         name = suite.capitalize()
         for rule, label in (("bp", "Bp"), ("fa", "Fa"), ("dfa", "Dfa")):
-            macros[f"Acc{name}{label}"] = 100 * statistics.mean(mlp_figs.accuracies(store, preset, suite,
-                                                                                   rule=rule))
+            macros[f"Acc{name}{label}"] = percent(acc(suite, rule=rule))
         for rule, label in (("ldfa", "Ldfa"), ("ldfa-local", "Local")):
-            macros[f"Acc{name}{label}Top"] = 100 * statistics.mean(
-                mlp_figs.accuracies(store, preset, suite, rule=rule, rank=top))
+            macros[f"Acc{name}{label}Top"] = percent(acc(suite, rule=rule, rank=top))
         macros[f"Rank{name}Top"] = top
+
+    macros.update(_setup(preset))
+    n_mlp, n_transfer = len(mlp_figs.SEEDS[preset]), len(seeds)
+    macros["SeedsMlp"] = seed_phrase(n_mlp)
+    macros["SeedsTransfer"] = seed_phrase(n_transfer)
+    single = n_mlp == 1 and n_transfer == 1
+    macros["SeedNote"] = (
+        "Every accuracy is from one training seed: the seed-to-seed spread was not measured, so "
+        "differences of about a point between rules are not rankings." if single else
+        f"Accuracies are means over {in_words(n_mlp)} seeds (MLP, conv net, transformer) and "
+        f"{in_words(n_transfer)} seeds (transfer); the tables give the minimum and maximum.")
+    failed = diverged(preset, store)
+    total = sum(1 for _ in _runs(preset)) * n_mlp
+    macros["DivergedNote"] = _diverged_note(failed, total)
+
+    passed = sum(r.passed for r in report)
+    macros["VerifyPassed"] = passed
+    macros["VerifyTotal"] = len(report)
+    failing = [r.name for r in report if not r.passed]
+    macros["VerifySummary"] = (f"all {in_words(len(report))} pass" if not failing else
+                               f"{in_words(passed)} of {in_words(len(report))} pass; "
+                               f"{', '.join(failing)} {'fails' if len(failing) == 1 else 'fail'}")
     lines = ["% generated by ldfa.figures.paper from the results store; do not edit"]
     for name, value in macros.items():
-        text = f"{value:.1f}" if isinstance(value, float) else str(value)
-        lines.append(rf"\newcommand{{\{name}}}{{{text}}}")
-    passed = sum(r.passed for r in report)
-    lines.append(rf"\newcommand{{\VerifyPassed}}{{{passed}}}")
-    lines.append(rf"\newcommand{{\VerifyTotal}}{{{len(report)}}}")
+        lines.append(rf"\newcommand{{\{name}}}{{{value}}}")
     return "\n".join(lines) + "\n"
 
 
+# -- LaTeX text and tables ------------------------------------------------------------------
+
 TEX = {"_": r"\_", "½": r"$\frac12$", "τ": r"$\tau$", "λ": r"$\lambda$", "α": r"$\alpha$",
-       "|": r"$|$", "%": r"\%"}
+       "|": r"$|$", "%": r"\%", "&": r"\&", "#": r"\#"}
+# whole phrases of the verification labels, typeset as mathematics
+PHRASES = {"max |L_ld - L_bp| / L(0)": r"$\max_t |L_\mathrm{ld} - L_\mathrm{bp}| / L(0)$",
+           "smallest r ": "smallest $r$ ",
+           "t½": r"$t_{1/2}$", "r = ": "$r$ = ", "L = ": "$L$ = ", "λ = ": r"$\lambda$ = "}
 
 
 def _tex(text: str) -> str:
@@ -89,29 +232,168 @@ def _tex(text: str) -> str:
     return "".join(TEX.get(ch, ch) for ch in text)
 
 
+def _label(text: str) -> str:
+    """A verification label as LaTeX: known phrases as mathematics, the rest through _tex."""
+    out = []
+    i = 0
+    while i < len(text):
+        for phrase, tex in PHRASES.items():
+            if text.startswith(phrase, i):
+                out.append(tex)
+                i += len(phrase)
+                break
+        else:
+            out.append(_tex(text[i]))
+            i += 1
+    return "".join(out)
+
+
+def _num(x: float, digits: int = 4) -> str:
+    r"""A number for a table cell: plain between 10^-3 and 10^4, else m\times10^{e}."""
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return "---"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.{digits}g}"
+    exp = math.floor(math.log10(abs(x)))
+    mant = f"{x / 10**exp:.{digits}g}"
+    return f"$10^{{{exp}}}$" if mant == "1" else rf"${mant}\times10^{{{exp}}}$"
+
+
+# How each check's deviation is defined (figures/verify.py): relative |sim - theory| / |theory|,
+# maximized over the teacher's modes, unless named here.
+ABSOLUTE = {"fa", "adapting-p-bp"}  # |sim - theory| (the quantity is already normalized)
+CRITERIA = {"nonlinear-rank"}  # a pass criterion on a measured value, no prediction to deviate from
+MARK = {True: r"\checkmark", False: r"$\times$"}
+
+
+def _criterion_row(r: verify.Result) -> str:
+    """nonlinear-rank: the smallest tested rank r* within 1 point of bp, required r* <= classes."""
+    measured = (f"measured $r^* = {r.simulation:g}$" if math.isfinite(r.simulation) else
+                r"no tested $r$ came within 1 point")
+    return (rf"{r.name} & {_label(r.quantity)} & \multicolumn{{4}}{{l}}{{{measured}, "
+            rf"required $r^* \le {r.theory:g}$}} & {MARK[r.passed]} \\")
+
+
 def _verify_table(report: list[verify.Result]) -> str:
-    rows = [r"\begin{tabular}{llrrrr}", r"\toprule",
-            r"prediction & quantity & theory & simulation & deviation & tolerance \\", r"\midrule"]
-    for r in report:
-        q = _tex(r.quantity)
-        rows.append(f"{r.name} & {q} & {r.theory:.4g} & {r.simulation:.4g} & {r.deviation:.2g} & "
-                    f"{r.tolerance:.2g} \\\\")
+    """The verification table: per check quantity, theory, simulation, deviation, tolerance and a
+    pass mark; the absolute deviations carry a dagger, and criterion checks (nonlinear-rank) get a
+    row of their own that states the measured value and the requirement."""
+    predictions = [r for r in report if r.name not in CRITERIA]
+    criteria = [r for r in report if r.name in CRITERIA]
+    rows = [r"\begin{tabular}{@{}llrrrrc@{}}", r"\toprule",
+            r"check & quantity & theory & simulation & deviation & tolerance & pass \\", r"\midrule"]
+    for r in predictions:
+        dev = _num(r.deviation, 2) + (r"$^\dagger$" if r.name in ABSOLUTE else "")
+        rows.append(f"{r.name} & {_label(r.quantity)} & {_num(r.theory)} & {_num(r.simulation)} & {dev} & "
+                    f"{_num(r.tolerance, 2)} & {MARK[r.passed]} \\\\")
+    if criteria:
+        rows.append(r"\midrule")
+        rows += [_criterion_row(r) for r in criteria]
     rows += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(rows) + "\n"
 
 
+REF_LABELS = {"bp": "backpropagation", "fa": r"feedback alignment \citep{lillicrap2016}",
+              "dfa": r"direct feedback alignment \citep{nokland2016}",
+              "kp": r"Kolen--Pollack \citep{kolen1994,akrout2019}",
+              "wm": r"weight mirror \citep{akrout2019}",
+              "sign": r"sign symmetry \citep{liao2016,moskovitz2018}"}
+LD_LABELS = {"ldfa (lowrank, svd init)": r"ldfa: $P, Q$ descend $\frac12\|QP - W^\top\|^2$",
+             "ldfa-local (kp, svd init)": r"ldfa-local: Kolen--Pollack $P$ and $Q$",
+             "raf (oja P, kp Q)": r"Oja's rule on $P$ \citep{oja1989}, Kolen--Pollack $Q$",
+             "fixed P, Q": r"fixed random $P$ and $Q$"}
+TP_LABELS = {"dtp (difference target prop.)": r"difference target propagation \citep{lee2015}",
+             "ddtp, k = 5 inverse iterations": r"iterated inverses, $k = 5$ \citep{bengio2020}"}
+TRANSFER_LABELS = {"TOAST (top-down attention steering)": r"TOAST \citep{shi2023}",
+                   "linear probe": "linear probe", "full fine-tuning": "full fine-tuning",
+                   "from scratch (no pre-training)": "from scratch (no pre-training)"}
+
+
+def _acc_cells(accs: list[float], n: int) -> str:
+    """One seed: the accuracy; several: mean, min, max (a diverged seed is left out and marked)."""
+    ok = [100 * a for a in accs if math.isfinite(a)]
+    if not ok:
+        return " & ".join(["diverged"] + ["---"] * (2 if n > 1 else 0))
+    mean = f"{statistics.mean(ok):.1f}" + (r"$^*$" if len(ok) < len(accs) else "")
+    return mean if n == 1 else f"{mean} & {min(ok):.1f} & {max(ok):.1f}"
+
+
+def _acc_header(n: int, lead: int) -> tuple[str, str]:
+    """Column spec and header cells of the accuracy columns for ``n`` seeds, after ``lead``
+    label columns (several seeds: a second header row names mean, min and max)."""
+    if n == 1:
+        return "r", "test accuracy (\\%)"
+    return "rrr", (r"\multicolumn{3}{c}{test accuracy (\%)} \\" + " &" * lead + " mean & min & max")
+
+
+def _mlp_table(preset: str, store: Store) -> str:
+    """The MLP table of the manuscript: each rule's test accuracy; ld rules at r = 10."""
+    n = len(mlp_figs.SEEDS[preset])
+    spec, header = _acc_header(n, 1)
+    groups = [[(REF_LABELS.get(k, _tex(k)), kw) for k, kw in mlp_figs.REFERENCES.items()],
+              [(LD_LABELS.get(k, _tex(k)), dict(rank=10, **kw)) for k, kw in mlp_figs.LD_VARIANTS.items()],
+              [(TP_LABELS.get(k, _tex(k)), kw) for k, kw in mlp_figs.TARGET_PROP.items()]]
+    rows = [rf"\begin{{tabular}}{{@{{}}l{spec}@{{}}}}", r"\toprule", rf"rule & {header} \\", r"\midrule"]
+    for i, group in enumerate(groups):
+        if i:
+            rows.append(r"\midrule")
+        if i == 1:
+            rows.append(r"\multicolumn{2}{@{}l}{\emph{low-dimensional feedback, $r = 10$}} \\")
+        for label, kw in group:
+            rows.append(f"{label} & {_acc_cells(mlp_figs.accuracies(store, preset, **kw), n)} \\\\")
+    rows += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(rows) + "\n"
+
+
+def _transfer_table(preset: str, store: Store) -> str:
+    """The transfer table: learning rate, tuned parameters and target accuracy per method."""
+    seeds = transfer.SEEDS[preset]
+    n = len(seeds)
+    spec, header = _acc_header(n, 3)
+    sources = [transfer.backbone(store, preset, s) for s in seeds]
+    rows = [rf"\begin{{tabular}}{{@{{}}lrr{spec}@{{}}}}", r"\toprule",
+            rf"run & learning rate & tuned parameters & {header} \\", r"\midrule",
+            rf"pre-training on classes 0--4 (bp) & {transfer.SOURCE_LR:g} & {sources[0][2]:,} & "
+            rf"{_acc_cells([acc for _, acc, _ in sources], n)} \\", r"\midrule"]
+    for method, kw in transfer.METHODS.items():
+        runs = [transfer.adapt(store, preset, s, method) for s in seeds]
+        rows.append(f"{TRANSFER_LABELS.get(method, _tex(method))} & {kw['lr']:g} & {runs[0]['tuned']:,} & "
+                    f"{_acc_cells([r['test_acc'] for r in runs], n)} \\\\")
+    rows += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(rows) + "\n"
+
+
+# -- the command -------------------------------------------------------------------------------
+
 def generate(preset: str = "quick", store: Store | str | None = None, out="paper/generated",
-             verify_out="runs/verify") -> list[Path]:
-    """Write equations.tex, numbers.tex, mlp_fashion_table.tex, transfer_table.tex and
-    verify_table.tex into ``out``."""
+             verify_out="runs/verify", report: list[verify.Result] | None = None,
+             progress: Callable[[str], None] | None = print) -> list[Path]:
+    """Write equations.tex, numbers.tex, verify_table.tex, mlp_table.tex and transfer_table.tex
+    into ``out``. ``report``: verification results to use instead of running `ldfa verify`
+    (quick checks unless ``preset`` is full). ``progress`` gets one "[k/n] step" line per step."""
     store = store if isinstance(store, Store) else Store(store or "runs/store")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = verify.run(quick=preset != "full", out=verify_out, progress=None)
-    mlp_figs.table(preset, out, store=store)
-    transfer.transfer_table(preset, out, store=store)
-    files = {"equations.tex": _equations(), "numbers.tex": _numbers(preset, store, report),
-             "verify_table.tex": _verify_table(report)}
-    for name, text in files.items():
+    steps = ["verification checks" + (" (given)" if report is not None else " (ldfa verify)"),
+             "equations from the theory engine", "numbers from the results store", "verification table",
+             "MLP table", "transfer table"]
+
+    def step(k):
+        if progress:
+            progress(f"[{k + 1}/{len(steps)}] {steps[k]}")
+
+    step(0)
+    if report is None:
+        report = verify.run(quick=preset != "full", out=verify_out, progress=None)
+    makers = [_equations, lambda: _numbers(preset, store, report), lambda: _verify_table(report),
+              lambda: _mlp_table(preset, store), lambda: _transfer_table(preset, store)]
+    names = ["equations.tex", "numbers.tex", "verify_table.tex", "mlp_table.tex", "transfer_table.tex"]
+    paths = []
+    for k, (name, make) in enumerate(zip(names, makers), start=1):
+        step(k)
+        text = make()
         (out / name).write_text(text)
-    return [out / n for n in files] + [out / "mlp_fashion_table.tex", out / "transfer_table.tex"]
+        paths.append(out / name)
+    return paths
