@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from ldfa.figures.verify import simulate_config
+from ldfa.bridge.linear import simulate_config
 from ldfa.theory.config import TheoryConfig
 from ldfa.theory.integrate import integrate
 

@@ -1,19 +1,74 @@
-"""Figures of the linear theory, with the torch simulation overlaid where it applies."""
+"""Figures of the linear theory, with the torch simulation overlaid where it applies.
+
+Every integration and simulation is a cached job (figures/runner.py runs them in parallel);
+the figures draw from plain numbers (``draw_*``), also written as JSON.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.lines import Line2D
 
+from ..bridge.linear import simulate, simulate_config
 from ..theory.config import TheoryConfig
 from ..theory.integrate import integrate
 from ..theory.predictions import bp_learning_time, fixed_feedback_plateau, mode_learning_times
+from .runner import Job
 from .store import Store
-from .style import PALETTE, figure, save
-from .verify import crossing_times, simulate, simulate_config
+from .style import PALETTE, figure, legend_below, legend_right, save
+from .verify import crossing_times
 
 SPECTRUM = (5.0, 4.0, 3.0, 2.0, 1.0)
 SIZES = {"quick": 40, "full": 100, "tiny": 12}
 ETAS = {"quick": 0.01, "full": 0.002, "tiny": 0.05}
+LABELS = {"bp": "bp", "fa": "fa", "ld-fixed": "ld, fixed P, Q (r = 3)", "ld-adapting": "ld, svd P, aligned Q (r = 3)"}
+MODE_RULES = ("bp", "ld-adapting", "ld-fixed")  # drawn in the mode panel
+
+
+def _configs(preset: str) -> dict[str, TheoryConfig]:
+    n = SIZES[preset]
+    base = dict(n_in=n, hidden=n, n_out=10, spectrum=SPECTRUM, init_scale=1e-3, t_max=20.0,
+                n_points=401, rtol=1e-7, atol=1e-10)
+    return {
+        "bp": TheoryConfig(rule="bp", **base),
+        "fa": TheoryConfig(rule="fa", **base),
+        "ld-fixed": TheoryConfig(rule="ld", p_rule="fixed", q_rule="fixed", rank=3, init="first-zero", **base),
+        "ld-adapting": TheoryConfig(rule="ld", p_rule="svd", q_rule="aligned", rank=3, **base),
+    }
+
+
+def _ode_job(name: str, cfg: TheoryConfig) -> Job:
+    return Job("theory-ode", {"config": cfg.to_dict()}, _ode, label=f"ODE {name}",
+               cost=8.0 if cfg.rule == "ld" else 1.0, fields=("t", "loss", "modes"))
+
+
+def _ode(config: dict, store: Store) -> dict:
+    """The matrix ODEs of the configuration: t, loss, mode strengths; for fixed P, Q also the
+    predicted plateau loss of the final feedback Q_2 P_2."""
+    tr = integrate(TheoryConfig(**config["config"]))
+    k = len(config["config"]["spectrum"])
+    out = {"t": tr.t.tolist(), "loss": tr["loss"].tolist(),
+           "modes": np.stack([tr[f"mode_{a + 1}"] for a in range(k)], axis=1).tolist()}
+    if config["config"].get("p_rule") == "fixed":
+        out["plateau"] = float(fixed_feedback_plateau(tr.teacher[0], tr.final["Q_2"] @ tr.final["P_2"]))
+    return out
+
+
+def _sim_job(name: str, cfg: TheoryConfig, eta: float) -> Job:
+    return Job("linear-sim", {"config": cfg.to_dict(), "eta": eta}, _linear_sim, label=f"GD {name}",
+               cost=4.0 * 0.01 / eta * (cfg.n_in / 40) ** 2, fields=("t", "loss", "modes"))
+
+
+def _linear_sim(config: dict, store: Store) -> dict:
+    """The torch simulation (full-batch GD, t = k eta) from the ODE's initial matrices."""
+    eta = config["eta"]
+    run = simulate_config(TheoryConfig(**config["config"]), eta, record_every=max(1, int(round(0.05 / eta))))
+    return {"t": run.t.tolist(), "loss": run.loss.tolist(), "modes": run.modes.tolist()}
+
+
+def theory_trajectories_jobs(preset: str) -> list[Job]:
+    cfgs = _configs(preset)
+    return [_ode_job(k, c) for k, c in cfgs.items()] + [_sim_job(k, c, ETAS[preset]) for k, c in cfgs.items()]
 
 
 def theory_trajectories(preset: str, out_dir, store: Store | None = None):
@@ -21,55 +76,63 @@ def theory_trajectories(preset: str, out_dir, store: Store | None = None):
     and ld with adapting P (svd) and aligned Q: theory (lines) and simulation (markers) from
     identical initial matrices; the simulation is full-batch GD, t = kη."""
     store = store or Store()
-    n, eta = SIZES[preset], ETAS[preset]
-    base = dict(n_in=n, hidden=n, n_out=10, spectrum=SPECTRUM, init_scale=1e-3, t_max=20.0,
-                n_points=401, rtol=1e-7, atol=1e-10)
-    runs = {
-        "bp": TheoryConfig(rule="bp", **base),
-        "fa": TheoryConfig(rule="fa", **base),
-        "ld-fixed": TheoryConfig(rule="ld", p_rule="fixed", q_rule="fixed", rank=3,
-                                 init="first-zero", **base),
-        "ld-adapting": TheoryConfig(rule="ld", p_rule="svd", q_rule="aligned", rank=3, **base),
-    }
-    labels = {"bp": "bp", "fa": "fa", "ld-fixed": "ld, fixed P, Q (r = 3)",
-              "ld-adapting": "ld, svd P, aligned Q (r = 3)"}
-    trajs = {k: integrate(c) for k, c in runs.items()}
-    sims = {k: _simulated(store, c, eta) for k, c in runs.items()}
-    fig, (ax_loss, ax_modes) = figure(ncols=2)
-    for k, tr in trajs.items():
-        ax_loss.semilogy(tr.t, tr["loss"], color=PALETTE[k], label=labels[k])
-        sim = sims[k]
+    eta = ETAS[preset]
+    cfgs = _configs(preset)
+    data = {"eta": eta, "n": SIZES[preset], "spectrum": SPECTRUM,
+            "theory": {k: store.run(_ode_job(k, c))["result"] for k, c in cfgs.items()},
+            "simulation": {k: store.run(_sim_job(k, c, eta))["result"] for k, c in cfgs.items()}}
+    return save(draw_theory_trajectories(data), out_dir, "theory_trajectories", data)
+
+
+def draw_theory_trajectories(data: dict):
+    fig, (ax_loss, ax_modes) = figure(ncols=2, width=3.3, height=2.6)
+    theory, sims = data["theory"], data["simulation"]
+    for k, tr in theory.items():
+        sim = {key: np.asarray(v) for key, v in sims[k].items()}
         every = max(1, len(sim["t"]) // 25)
+        ax_loss.semilogy(tr["t"], tr["loss"], color=PALETTE[k])
         ax_loss.semilogy(sim["t"][::every], sim["loss"][::every], "o", ms=2.5, color=PALETTE[k])
-    tr = trajs["ld-fixed"]
-    plateau = fixed_feedback_plateau(tr.teacher[0], tr.final["Q_2"] @ tr.final["P_2"])
-    ax_loss.axhline(plateau, color=PALETTE["ld-fixed"], ls=":", lw=0.8,
-                    label="predicted plateau, fixed P")
-    ax_loss.plot([], [], "o", ms=2.5, color="grey", label=f"simulation (GD, η = {eta})")
-    ax_loss.set(xlabel=r"time $t$ (units of $\tau$)", ylabel=r"loss $\frac{1}{2}\|E\|_F^2$",
-                ylim=(1e-6, 50))
-    ax_loss.legend(loc="lower left")
-    for k, ls in [("bp", "-"), ("ld-adapting", "--"), ("ld-fixed", ":")]:
-        tr, sim = trajs[k], sims[k]
+    if "plateau" in theory.get("ld-fixed", {}):
+        ax_loss.axhline(theory["ld-fixed"]["plateau"], color=PALETTE["ld-fixed"], ls=":", lw=0.8)
+    ax_loss.set(xlabel=r"time $t$ (units of $\tau$)", ylabel=r"loss $\frac{1}{2}\|E\|_F^2$", ylim=(1e-6, 50),
+                title="loss")
+    for k in MODE_RULES:
+        tr, sim = theory[k], {key: np.asarray(v) for key, v in sims[k].items()}
+        modes = np.asarray(tr["modes"])
         every = max(1, len(sim["t"]) // 25)
-        for a in range(len(SPECTRUM)):
-            ax_modes.plot(tr.t, tr[f"mode_{a + 1}"], color=PALETTE[k], ls=ls, lw=1.0,
-                          label=labels[k] if a == 0 else None)
+        for a in range(modes.shape[1]):
+            ax_modes.plot(tr["t"], modes[:, a], color=PALETTE[k], lw=1.0)
             ax_modes.plot(sim["t"][::every], sim["modes"][::every, a], "o", ms=2, color=PALETTE[k])
-    ax_modes.set(xlabel=r"time $t$ (units of $\tau$)",
-                 ylabel=r"mode strength $u_\alpha^\top W_2 W_1 v_\alpha$", xlim=(0, 15))
-    ax_modes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1, fontsize=6)
-    return save(fig, out_dir, "theory_trajectories")
+    ax_modes.set(xlabel=r"time $t$ (units of $\tau$)", ylabel=r"mode strength $u_\alpha^\top W_2 W_1 v_\alpha$",
+                 xlim=(0, 15), title=r"modes $s_\alpha$ = " + ", ".join(f"{s:g}" for s in data["spectrum"])
+                 + " (no fa)")
+    handles = [Line2D([], [], color=PALETTE[k], lw=1.2, label=LABELS[k]) for k in theory]
+    handles += [Line2D([], [], color="grey", lw=1.0, label="line: theory (matrix ODE)"),
+                Line2D([], [], color="grey", marker="o", ms=2.5, ls="none",
+                       label=f"circles: simulation (GD, η = {data['eta']})"),
+                Line2D([], [], color=PALETTE["ld-fixed"], ls=":", lw=0.8, label="dotted: predicted plateau, fixed P")]
+    legend_below(fig, handles, ncol=3)
+    return fig
 
 
-def _simulated(store: Store, cfg: TheoryConfig, eta: float) -> dict:
-    """The torch simulation of ``cfg`` (cached): t, loss and mode strengths."""
-    def compute():
-        run = simulate_config(cfg, eta, record_every=max(1, int(round(0.05 / eta))))
-        return {"t": run.t.tolist(), "loss": run.loss.tolist(), "modes": run.modes.tolist()}
+def _learning_time_job(r: int, eta: float, init: float) -> Job:
+    return Job("learning-times-sim", {"rank": r, "eta": eta, "init": init, "spectrum": SPECTRUM}, _learning_sim,
+               label=f"GD learning times r={r}", cost=3.0 * 0.01 / eta, fields=("t_half",))
 
-    res = store.cached("linear-sim", {"config": cfg.to_dict(), "eta": eta}, compute)["result"]
-    return {k: np.asarray(v) for k, v in res.items()}
+
+def _learning_sim(config: dict, store: Store) -> dict:
+    """Per-mode times to reach s_α/2 in the torch simulation from the aligned start, run to
+    1.2 x the slowest predicted time."""
+    spectrum, r, init = tuple(config["spectrum"]), config["rank"], config["init"]
+    t_end = 1.2 * float(mode_learning_times(spectrum, r, init_scale=init).max())
+    k = len(spectrum)
+    run = simulate([k, k, k], spectrum, "ld", eta=config["eta"], t_end=t_end, init_scale=init, rank=r,
+                   p_rule="svd", q_rule="aligned", svd_refresh=1, svd_momentum=0.0, record_every=1)
+    return {"t_half": crossing_times(run, spectrum).tolist()}
+
+
+def learning_times_jobs(preset: str) -> list[Job]:
+    return [_learning_time_job(r, ETAS[preset], 1e-3) for r in range(1, len(SPECTRUM) + 1)]
 
 
 def learning_times(preset: str, out_dir, store: Store | None = None):
@@ -79,27 +142,29 @@ def learning_times(preset: str, out_dir, store: Store | None = None):
     store = store or Store()
     init, eta = 1e-3, ETAS[preset]
     ranks = list(range(1, len(SPECTRUM) + 1))
-    times = np.array([mode_learning_times(SPECTRUM, r, init_scale=init) for r in ranks])
-    k = len(SPECTRUM)
+    data = {"ranks": ranks, "spectrum": SPECTRUM, "eta": eta, "init": init,
+            "theory": [mode_learning_times(SPECTRUM, r, init_scale=init).tolist() for r in ranks],
+            "simulation": [store.run(_learning_time_job(r, eta, init))["result"]["t_half"] for r in ranks],
+            "bp": [bp_learning_time(s, init**2) for s in SPECTRUM]}
+    return save(draw_learning_times(data), out_dir, "learning_times", data)
 
-    def sim_times(r):
-        def compute():
-            run = simulate([k, k, k], SPECTRUM, "ld", eta=eta, t_end=1.2 * float(times[r - 1].max()),
-                           init_scale=init, rank=r, p_rule="svd", q_rule="aligned", svd_refresh=1,
-                           svd_momentum=0.0, record_every=1)
-            return {"t_half": crossing_times(run, SPECTRUM).tolist()}
-        return store.cached("learning-times-sim", {"rank": r, "eta": eta, "init": init,
-                                                   "spectrum": SPECTRUM}, compute)["result"]["t_half"]
 
-    sims = np.array([sim_times(r) for r in ranks])
-    fig, (ax,) = figure(width=3.6)
+def draw_learning_times(data: dict):
+    ranks = data["ranks"]
+    times, sims = np.asarray(data["theory"]), np.asarray(data["simulation"], float)
+    fig, (ax,) = figure(width=3.4, height=2.7)
     colors = ["#0072B2", "#009E73", "#E69F00", "#D55E00", "#CC79A7"]
-    for a, s in enumerate(SPECTRUM):
-        ax.plot(ranks, times[:, a], "-", color=colors[a], label=rf"$s_\alpha = {s:g}$")
+    handles = []
+    for a, s in enumerate(data["spectrum"]):
+        ax.plot(ranks, times[:, a], "-", color=colors[a])
         ax.plot(ranks, sims[:, a], "o", ms=4, mfc="none", color=colors[a])
-        ax.axhline(bp_learning_time(s, init**2), color=colors[a], ls=":", lw=0.7)
-    ax.plot([], [], "o", mfc="none", color="grey", label=f"simulation (η = {eta})")
-    ax.set(xlabel=r"feedback rank $r$", ylabel=r"learning time $t_{1/2}$ (units of $\tau$)",
-           xticks=ranks)
-    ax.legend(title="teacher mode", loc="upper right")
-    return save(fig, out_dir, "learning_times")
+        ax.axhline(data["bp"][a], color=colors[a], ls=":", lw=0.7)
+        handles.append(Line2D([], [], color=colors[a], label=rf"$s_\alpha = {s:g}$"))
+    handles += [Line2D([], [], color="grey", label="line: theory (per-mode ODE)"),
+                Line2D([], [], color="grey", marker="o", mfc="none", ls="none",
+                       label=f"circles: simulation (GD, η = {data['eta']})"),
+                Line2D([], [], color="grey", ls=":", lw=0.7, label="dotted: bp closed form")]
+    ax.set(xlabel=r"feedback rank $r$", ylabel=r"learning time $t_{1/2}$ (units of $\tau$)", xticks=ranks,
+           title="adapting P (svd), aligned Q")
+    legend_right(fig, handles, title="teacher mode")
+    return fig

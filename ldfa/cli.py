@@ -1,4 +1,4 @@
-"""The `ldfa` command line: `ldfa derive`, `ldfa theory`, `ldfa train`, `ldfa verify`, `ldfa figures`.
+"""The `ldfa` command line: derive, theory, train, verify, figures, paper, sweep, bench.
 
 Every configuration is validated before any compute starts; a bad value is reported
 in one line naming it and what is allowed (exit status 2).
@@ -7,6 +7,8 @@ in one line naming it and what is allowed (exit status 2).
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,16 +18,167 @@ from ldfa.errors import ConfigError
 
 def _floats(text: str) -> tuple:
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--spectrum {text!r}: expected comma-separated numbers, e.g. 5,4,3") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--spectrum {text!r}: expected finite numbers, e.g. 5,4,3")
+    return values
+
+
+# ---- argument checks: every value is checked when parsed, before anything is imported or run
+
+MAX_SEED = 2**63 - 1      # the largest seed torch and numpy both take
+MAX_LAYERS = 8            # symbolic derivation and the matrix ODEs grow fast with depth
+MAX_DIM = 4096            # widths of the theory's matrix ODEs
+MAX_WIDTH = 1 << 16       # widths and ranks of trained networks
+MAX_COUNT = 10**9         # steps, batch sizes, logging intervals
+MAX_POINTS = 100_000      # time points of a trajectory
+MAX_THREADS = 1024
+MAX_WORKERS = 256
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ('ldfa train: error: argument --seed: ...', exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else ''}\n")
+
+
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer lo <= n <= hi."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {lo}..{hi}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {lo}..{hi}")
+        return value
+    return integer
+
+
+def _float_in(lo: float, hi: float = math.inf, lo_allowed: bool = True):
+    """An argparse type: a finite number x with lo <= x (lo < x if not lo_allowed) and x < hi."""
+    where = f"{'>=' if lo_allowed else '>'} {lo:g}" + (f" and < {hi:g}" if math.isfinite(hi) else "")
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; allowed: {where}") from None
+        if not (math.isfinite(value) and (value >= lo if lo_allowed else value > lo) and value < hi):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: a finite number {where}")
+        return value
+    return number
+
+
+def _widths(text: str) -> tuple:
+    """An argparse type: comma-separated layer widths, e.g. 256,256."""
+    parts = text.split(",")
+    try:
+        widths = tuple(int(w) for w in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: need comma-separated integers, e.g. 256,256") from None
+    if not 1 <= len(widths) <= 64 or not all(1 <= w <= MAX_WIDTH for w in widths):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 to 64 widths, each in 1..{MAX_WIDTH}")
+    return widths
+
+
+def _stem(text: str) -> str:
+    """An argparse type: a file stem (a name, not a path) for the files a command writes."""
+    bad = [c for c in text if c in "/\\" or ord(c) < 32 or c == "\x7f"]
+    if not text or len(text) > 200 or bad or text.startswith(".") or text.startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r}: need a file name (1-200 characters, no '/', '\\' "
+                                         "or control characters, not starting with '.' or '-')")
+    return text
+
+
+def _device(text: str) -> str:
+    """An argparse type: cpu, cuda or cuda:N."""
+    kind, sep, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (sep and (kind == "cpu" or not index.isdigit() or len(index) > 3)):
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: cpu, cuda, cuda:N")
+    return text
+
+
+def _writable_file(flag: str, path) -> Path:
+    """Check now, before any compute, that a file can be written at ``path`` (one-line error)."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{flag} {path}: a part of its folder {path.parent} is a file, not a folder") from None
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
+SEED = _int_in(0, MAX_SEED)
+THREADS = _int_in(1, MAX_THREADS)
+POSITIVE = _float_in(0, lo_allowed=False)
+NON_NEGATIVE = _float_in(0)
+
+
+# library parameter names (in ConfigError messages) -> this command line's flags
+_FLAGS = [(r"\bp_rule\b", "--p-rule"), (r"\bq_rule\b", "--q-rule"), (r"\bfactor_init\b", "--factor-init"),
+          (r"\blowrank_scale\b", "--lowrank-scale"), (r"\brank r\b", "--rank r"),
+          (r"\bclip_rank=True\b", "--clip-rank"), (r"\bdirect=False\b", "no --direct"),
+          (r"\bdirect=True\b", "--direct"), (r"\bscaling\b", "--scaling")]
+
+
+def _flag_message(message: str) -> str:
+    """A library error in the command line's words: p_rule -> --p-rule, rank r -> --rank r, ..."""
+    import re
+
+    for pattern, flag in _FLAGS:
+        message = re.sub(pattern, flag, message)
+    return message
+
+
+def load_rule_file(path) -> None:
+    """Run a Python file that registers rules (ldfa.theory.register_rule). The file is code,
+    executed as it is: load only files you trust."""
+    import runpy
+
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"--rule-file {path}: no such file")
+    runpy.run_path(str(path), run_name="ldfa_rule_file")
+
+
+def _rule_help() -> str:
+    from ldfa.theory.rules import describe_defaults
+
+    return "rule name; defaults: " + describe_defaults() + " (docs/rules.md)"
+
+
+RULE_FILE_HELP = ("Python file that registers rules with ldfa.theory.register_rule (docs/rules.md, "
+                  "'Adding a rule'); it is code and is executed: use only files you trust")
+
+
+def _factor_flags(p):
+    from ldfa.theory.rules import LD_DEFAULTS, P_RULES, Q_RULES
+
+    p.add_argument("--p-rule", help=f"ld compressor rule: {', '.join(P_RULES)} "
+                                    f"(default: the rule's; ld: {LD_DEFAULTS['p_rule']})")
+    p.add_argument("--q-rule", help=f"ld expander rule: {', '.join(Q_RULES)} "
+                                    f"(default: the rule's; ld: {LD_DEFAULTS['q_rule']})")
+    p.add_argument("--rule-file", help=RULE_FILE_HELP)
 
 
 def _rule_args(p):
-    p.add_argument("rule", help="bp, fa, kp, dfa, ld, or a preset (ldfa, ldfa-local, raf)")
-    p.add_argument("--p-rule", help="ld compressor rule: fixed, oja, svd, kp, lowrank")
-    p.add_argument("--q-rule", help="ld expander rule: fixed, aligned, kp, lowrank")
-    p.add_argument("--layers", type=int, default=2, help="number of weight layers L (default 2)")
+    p.add_argument("rule", help=_rule_help())
+    _factor_flags(p)
+    p.add_argument("--layers", type=_int_in(2, MAX_LAYERS), default=2,
+                   help="number of weight layers L (default 2)")
     p.add_argument("--direct", action="store_true", help="direct variant: e sent to every layer")
 
 
@@ -36,6 +189,7 @@ def cmd_derive(args) -> None:
     from ldfa.theory.analysis import conserved_quantities
     from ldfa.theory.modes import reduce_to_modes, strength_ode
 
+    load_rule_file(args.rule_file)
     ode = derive(args.rule, layers=args.layers, weight_decay=args.weight_decay,
                  p_rule=args.p_rule, q_rule=args.q_rule, direct=args.direct)
     modes = reduce_to_modes(ode)
@@ -103,6 +257,7 @@ def _theory_config(args):
 def cmd_theory(args) -> None:
     from ldfa.theory.integrate import integrate, integrate_modes
 
+    load_rule_file(args.rule_file)
     cfg = _theory_config(args)  # validated here, before any compute
     out = _out_dir(args.out)
     t0 = time.perf_counter()
@@ -130,15 +285,24 @@ def cmd_train(args) -> None:
     import json
 
     from ldfa.sim.toast import tuned_parameters
-    from ldfa.sim.train import TrainConfig, history_to_csv, plot_history, save_state, train
+    from ldfa.sim.train import (
+        TrainConfig,
+        check_model,
+        history_to_csv,
+        load_checkpoint,
+        plot_history,
+        save_state,
+        train,
+    )
 
+    load_rule_file(args.rule_file)
     model_options = {}
     if args.activation:
         model_options["activation"] = args.activation
     cfg = TrainConfig(
-        model=args.model, hidden=tuple(int(h) for h in args.hidden.split(",")), data=args.data,
+        model=args.model, hidden=args.hidden, data=args.data,
         data_root=args.data_root, rule=args.rule, rank=args.rank, p_rule=args.p_rule,
-        q_rule=args.q_rule, direct=args.direct, scaling=args.scaling, init=args.init,
+        q_rule=args.q_rule, direct=args.direct, scaling=args.scaling, factor_init=args.factor_init,
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
         clip_rank=args.clip_rank, inverse_iters=args.inverse_iters, tp_beta=args.tp_beta,
@@ -146,6 +310,15 @@ def cmd_train(args) -> None:
         classes=_int_list("--classes", args.classes) if args.classes else None,
         transfer=args.transfer, backbone=args.backbone,
         seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options)
+    check_model(cfg)  # rank against the layers, size, backbone file: before any data is read
+    if args.save_model:
+        _writable_file("--save-model", args.save_model)
+    if args.checkpoint and Path(args.checkpoint).exists():
+        if not Path(args.checkpoint).is_file():
+            raise ConfigError(f"--checkpoint {args.checkpoint}: is not a file")
+        load_checkpoint(args.checkpoint, cfg)  # checksum, safe content and configuration, now
+    elif args.checkpoint:
+        _writable_file("--checkpoint", args.checkpoint)
     out = _out_dir(args.out)
     stem = args.name or (f"{cfg.model}-{cfg.data}-{cfg.rule}" + (f"-r{cfg.rank}" if cfg.rank else "")
                          + (f"-{cfg.transfer}" if cfg.transfer else "")
@@ -197,6 +370,8 @@ def cmd_paper(args) -> None:
 def cmd_sweep(args) -> int:
     from ldfa.figures import sweep
 
+    if args.executor not in ("local", "slurm", "submitit-local"):
+        raise ConfigError(f"--executor {args.executor!r}; allowed: local, slurm, submitit-local")
     config = sweep.load_config(args.config)
     store = args.store or config.get("store", "runs/store")
     workers = args.workers or config.get("workers", 2)
@@ -230,14 +405,60 @@ def cmd_bench(args) -> int:
 
 
 def cmd_figures(args) -> None:
+    store = Path(args.store)
+    if store.exists() and not store.is_dir():
+        raise ConfigError(f"--store {store}: exists and is not a folder; give a folder for the results store")
+    print(f"ldfa figures: preset {args.preset}, {len(args.only) if args.only else 'all'} figures, "
+          f"store {store}, output {args.out}; loading ...", flush=True)  # before the imports (seconds)
     from ldfa.figures.make import run
 
-    run(args.preset, args.only, _out_dir(args.out), args.store)
+    run(args.preset, args.only, _out_dir(args.out), args.store, workers=args.workers, threads=args.threads)
+
+
+DESCRIPTION = """\
+ldfa: theory and simulation of learning with low-dimensional error feedback.
+
+Every value is checked before any compute starts; a bad one is reported in one line
+(exit status 2). `ldfa COMMAND --help` lists a command's options with their defaults;
+docs/cli.md has the synopsis of every command."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Ends every option's help with its default, options without a help text included; leaves
+    alone a help that already names its default, and options that are off or unset by default."""
+
+    def add_argument(self, action):
+        default = self._shown_default(action)
+        if action.help is None and default is not None:  # argparse prints no line for help=None
+            action = copy.copy(action)
+            action.help = f"default: {default}"
+        super().add_argument(action)
+
+    @staticmethod
+    def _shown_default(action):
+        default = action.default
+        if not action.option_strings or default is None or default is False or default == argparse.SUPPRESS:
+            return None
+        text = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+        return text.replace("%", "%%")
+
+    def _get_help_string(self, action):
+        help_text = (action.help or "").strip()
+        default = self._shown_default(action)
+        if default is None or "default" in help_text.lower():
+            return help_text
+        return f"{help_text} (default: {default})" if help_text else f"default: {default}"
+
+
+def _command_parser(**kwargs) -> argparse.ArgumentParser:
+    return _Parser(formatter_class=_HelpFormatter, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ldfa", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ldfa", description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_command_parser)
 
     p = sub.add_parser("derive", help="print the derived learning dynamics of a rule")
     _rule_args(p)
@@ -247,49 +468,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("theory", help="integrate the ODEs of one configuration")
     _rule_args(p)
-    p.add_argument("--rank", type=int, help="feedback rank r (ld rules), 1 <= r <= d")
-    p.add_argument("--n-in", type=int, default=100)
-    p.add_argument("--hidden", type=int, default=100)
-    p.add_argument("--n-out", type=int, default=10, help="output dimension d")
+    p.add_argument("--rank", type=_int_in(1, MAX_DIM), help="feedback rank r (ld rules), 1 <= r <= d")
+    p.add_argument("--n-in", type=_int_in(1, MAX_DIM), default=100)
+    p.add_argument("--hidden", type=_int_in(1, MAX_DIM), default=100)
+    p.add_argument("--n-out", type=_int_in(1, MAX_DIM), default=10, help="output dimension d")
     p.add_argument("--spectrum", default="5,4,3,2,1", help="teacher singular values, e.g. 5,4,3")
-    p.add_argument("--noise", type=float, default=0.0, help="teacher output noise std σ")
+    p.add_argument("--noise", type=NON_NEGATIVE, default=0.0, help="teacher output noise std σ")
     p.add_argument("--init", default="random", help="random, aligned, first-zero")
-    p.add_argument("--init-scale", type=float, default=1e-3)
-    p.add_argument("--tau", type=float, default=1.0)
-    p.add_argument("--tau-b", type=float, default=1.0)
-    p.add_argument("--tau-p", type=float, default=0.1)
-    p.add_argument("--tau-q", type=float, default=1.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--t-max", type=float, help="end time in units of τ (default: 3x slowest mode)")
-    p.add_argument("--points", type=int, default=201, help="number of time points")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-scale", type=NON_NEGATIVE, default=1e-3)
+    p.add_argument("--tau", type=POSITIVE, default=1.0)
+    p.add_argument("--tau-b", type=POSITIVE, default=1.0)
+    p.add_argument("--tau-p", type=POSITIVE, default=0.1)
+    p.add_argument("--tau-q", type=POSITIVE, default=1.0)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0)
+    p.add_argument("--t-max", type=_float_in(0, 1e9, lo_allowed=False),
+                   help="end time in units of τ (default: 3x slowest mode)")
+    p.add_argument("--points", type=_int_in(2, MAX_POINTS), default=201, help="number of time points")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--modes", action="store_true", help="integrate the reduced per-mode ODEs")
     p.add_argument("--out", default="runs/theory", help="output folder")
-    p.add_argument("--name", help="file stem (default from the rule)")
+    p.add_argument("--name", type=_stem, help="file stem (default from the rule)")
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.set_defaults(func=cmd_theory)
 
     p = sub.add_parser("train", help="train a network with a feedback rule (torch)")
     p.add_argument("--model", default="mlp", help="linear, mlp, cnn, vit")
-    p.add_argument("--hidden", default="256,256", help="hidden widths of linear/mlp models")
+    p.add_argument("--hidden", type=_widths, default=(256, 256), help="hidden widths of linear/mlp models")
     p.add_argument("--activation", help="mlp activation: relu, tanh, gelu")
     p.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist, mnist, cifar10, cifar100, linear-teacher, random-teacher")
     p.add_argument("--data-root", help="folder with the data set files")
     p.add_argument("--rule", default="bp",
-                   help="bp, fa, dfa, sign, kp, wm, ld, ldfa, ldfa-local, raf, dtp, ddtp")
-    p.add_argument("--rank", type=int, help="feedback rank r (ld rules)")
-    p.add_argument("--p-rule", help="fixed, oja, svd, kp, lowrank")
-    p.add_argument("--q-rule", help="fixed, aligned, kp, mirror, lowrank")
+                   help=_rule_help().replace("rule name;", "rule name (default bp; also dtp, ddtp);"))
+    p.add_argument("--rank", type=_int_in(1, MAX_WIDTH), help="feedback rank r (ld rules)")
+    _factor_flags(p)
     p.add_argument("--direct", action="store_true", help="direct variant (ld)")
     p.add_argument("--clip-rank", action="store_true",
                    help="cut r to each layer's min(n_in, n_out) instead of failing")
     p.add_argument("--scaling", default="usf", help="sign rule scaling: usf, brsf, frsf")
-    p.add_argument("--init", help="ld factor init: random or svd")
-    p.add_argument("--inverse-iters", type=int,
+    p.add_argument("--factor-init", help="how ld's factors P, Q start: random or svd (default: the "
+                                         "rule's; ldfa, ldfa-local: svd)")
+    p.add_argument("--inverse-iters", type=_int_in(1, 1000),
                    help="ddtp: iterations k >= 1 of the learned inverse (default 5)")
-    p.add_argument("--tp-beta", type=float, help="dtp/ddtp output target step β (default 0.5 dtp, 0.01 ddtp)")
-    p.add_argument("--tp-noise", type=float, default=0.1, help="dtp/ddtp inverse training noise σ")
+    p.add_argument("--tp-beta", type=POSITIVE,
+                   help="dtp/ddtp output target step β (default 0.5 dtp, 0.01 ddtp)")
+    p.add_argument("--tp-noise", type=NON_NEGATIVE, default=0.1, help="dtp/ddtp inverse training noise σ")
     p.add_argument("--tp-normalize", action="store_true",
                    help="dtp/ddtp: scale each layer's error by its influence on the output")
     p.add_argument("--classes", help="keep only these labels, relabelled 0..k-1 (e.g. 5,6,7,8,9)")
@@ -298,23 +521,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "steering, linear probe, or full fine-tuning")
     p.add_argument("--backbone", help="pre-trained model file (from --save-model)")
     p.add_argument("--save-model", help="write the trained model's weights here (a backbone for --transfer)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--steps", type=int, help="number of steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=_float_in(0, 1e6, lo_allowed=False), default=1.0)
+    p.add_argument("--steps", type=_int_in(1, MAX_COUNT), help="number of steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=_int_in(1, MAX_COUNT), default=128)
     p.add_argument("--optimizer", default="adam", help="sgd, adam, adamw")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--fb-lr", type=float, help="learning rate of B, P, Q (default: --lr)")
-    p.add_argument("--clamp", type=float, help="clamp every gradient elementwise to ±value")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--lr", type=POSITIVE, default=1e-3)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0)
+    p.add_argument("--fb-lr", type=POSITIVE, help="learning rate of B, P, Q (default: --lr)")
+    p.add_argument("--clamp", type=POSITIVE, help="clamp every gradient elementwise to ±value")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads")
+    p.add_argument("--log-every", type=_int_in(1, MAX_COUNT), default=100)
     p.add_argument("--out", default="runs/train")
-    p.add_argument("--name", help="file stem")
+    p.add_argument("--name", type=_stem, help="file stem")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--checkpoint", help="checkpoint file: saved during training, resumed from if present")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=_int_in(1, MAX_COUNT), default=500,
+                   help="steps between checkpoints")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
                    help="metrics log format (JSON lines are also written as training runs)")
     p.set_defaults(func=cmd_train)
@@ -323,20 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="prediction names (default: all)")
     p.add_argument("--quick", action="store_true", help="larger steps, smaller data (minutes on a CPU)")
     p.add_argument("--out", default="runs/verify", help="folder for report.json and plots")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("paper", help="write the manuscript's generated inputs (paper/generated)")
     p.add_argument("--preset", default="quick", help="quick or full (must match `ldfa figures`)")
     p.add_argument("--store", default="runs/store", help="results store (cached runs)")
     p.add_argument("--out", default="paper/generated")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads")
     p.set_defaults(func=cmd_paper)
 
     p = sub.add_parser("sweep", help="run a grid of training runs into the results store")
     p.add_argument("config", help="JSON file: base, grid, include, store, workers")
     p.add_argument("--store", help="results store (default: the config's, else runs/store)")
-    p.add_argument("--workers", type=int, help="local processes (default: the config's, else 2)")
+    p.add_argument("--workers", type=_int_in(1, MAX_WORKERS),
+                   help="local processes (default: the config's, else 2)")
     p.add_argument("--executor", default="local", help="local, slurm (submitit), submitit-local")
     p.add_argument("--folder", default="runs/submitit", help="submitit log folder")
     p.add_argument("--retry-failed", action="store_true", help="run again what diverged before")
@@ -352,7 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="figure names to draw (default: all)")
     p.add_argument("--out", default="figures/out", help="output folder")
     p.add_argument("--store", default="runs/store", help="results store (cached runs)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=THREADS,
+                   help="torch CPU threads per run (default 1: small models run fastest on one; "
+                        "recorded in the store key)")
+    p.add_argument("--workers", type=_int_in(1, MAX_WORKERS),
+                   help="processes computing runs side by side (default: one per core / threads)")
     p.set_defaults(func=cmd_figures)
     return parser
 
@@ -366,11 +595,17 @@ def main(argv=None) -> int:
     try:
         status = args.func(args)
     except ConfigError as err:
-        print(f"ldfa: error: {err}", file=sys.stderr)
+        print(f"ldfa: error: {_flag_message(str(err))}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # a diverged run: what was logged is kept
         print(f"ldfa: stopped: {err}", file=sys.stderr)
         return 3
+    except OSError as err:  # e.g. a full disk: files are written whole or not at all (docs/reliability.md)
+        where = f" ({err.filename})" if err.filename else ""
+        message = f"{err.strerror or err}{where}"
+        print(f"ldfa: failed: {message}" + ("" if "kept" in message else "; what was written before is kept"),
+              file=sys.stderr)
+        return 4
     return status or 0
 
 

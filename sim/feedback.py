@@ -1,4 +1,10 @@
-"""Feedback rules for torch layers (SPEC sections 1-2), each written once for every layer type.
+"""Hand-written (fast) torch implementations of the rules of :mod:`ldfa.theory.rules`.
+
+Each class here is registered under the theory's name of the rule it implements
+(:data:`IMPLEMENTATIONS`); rule names, factor rules, presets and defaults are not listed
+here but read from the theory. A rule without an entry (or an option combination that a
+fast path does not cover) trains through :mod:`ldfa.sim.generic`, which evaluates the
+theory's expressions themselves. Each fast path is written once for every layer type.
 
 A rule decides two things in a layer's backward pass, given the arriving error g
 (the gradient w.r.t. the layer's output, shape of the output) and the input x:
@@ -10,7 +16,8 @@ The forward weight's gradient gW = Σ g xᵀ is always the local product, whatev
 rule. Matrices are kept in *weight orientation* (the shape of W): the feedback B_w
 has W's shape and the error sent down is B_wᵀ g; ld keeps P (r x n_out) and Q_w
 (r x n_in; r x C_in x k x k for conv), so B_w = Pᵀ Q_w and the error sent down is
-Q_wᵀ (P g): compress to r numbers, then expand. SPEC's B (shape of Wᵀ) is B_wᵀ.
+Q_wᵀ (P g): compress to r numbers, then expand. The theory's B (shape of Wᵀ) is B_wᵀ
+(the orientation convention of :mod:`ldfa.theory.rules`).
 
 Every learned matrix is an nn.Parameter whose change lands in .grad (the negative
 of the update), so any torch optimizer, clipping or DDP applies unchanged.
@@ -19,19 +26,38 @@ of the update), so any torch optimizer, clipping or DDP applies unchanged.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from ..theory.errors import ConfigError
+from ..theory.rules import LD_DEFAULTS, SIGN_SCALINGS, RuleSpec
 
-P_RULES = ("fixed", "oja", "svd", "kp", "lowrank")
-Q_RULES = ("fixed", "aligned", "kp", "mirror", "lowrank")
-SIGN_SCALINGS = ("usf", "brsf", "frsf")
-PRESETS = {  # SPEC: the published configurations by name
-    "ldfa": dict(p_rule="lowrank", q_rule="lowrank", init="svd"),
-    "ldfa-local": dict(p_rule="kp", q_rule="kp", init="svd"),
-    "raf": dict(p_rule="oja", q_rule="kp", init="random"),
-}
+# theory name -> factory(spec, out_features) returning a Rule, or None where this fast path
+# does not cover the spec's options (the generic path then takes it)
+IMPLEMENTATIONS: dict[str, Callable] = {}
+
+
+def implements(name: str):
+    """Register a fast torch implementation under the theory's rule name ``name``."""
+    def register(factory):
+        IMPLEMENTATIONS[name] = factory
+        return factory
+    return register
+
+
+def gaussian_noise(shape, like: torch.Tensor) -> torch.Tensor:
+    """The mirror phase's white noise ξ ~ N(0, I) (one draw per call)."""
+    return torch.randn(shape, device=like.device, dtype=like.dtype)
+
+
+def top_subspace(C: torch.Tensor, r: int) -> torch.Tensor:
+    """(..., r, n) orthonormal rows spanning the top-r eigenvectors of symmetric C, each row's
+    largest-magnitude entry positive (the convention of ldfa.theory.integrate.top_subspace)."""
+    w, V = torch.linalg.eigh(((C + C.mT) / 2).double())
+    top = V[..., -r:].flip(-1).mT
+    idx = top.abs().argmax(-1, keepdim=True)
+    return (top * torch.sign(torch.gather(top, -1, idx))).to(C.dtype)
 
 
 def _like_weight(W: torch.Tensor, generator: torch.Generator, ops) -> torch.Tensor:
@@ -112,19 +138,18 @@ class KP(FA):
 
 
 class WeightMirror(KP):
-    """Weight mirror: ΔB = η ⟨(W ξ) ξᵀ⟩ with noise ξ driving the layer (Akrout et al. 2019).
-
-    Decay toward zero comes from the optimizer's weight decay λ on B.
-    """
+    """Weight mirror: ΔB_w = η ⟨(W ξ) ξᵀ⟩ with noise ξ driving the layer (Akrout et al. 2019),
+    averaged over the ``mirror_batch`` noise examples; its mean (ξ white, std 1) is η W, the
+    theory's τ_B dB/dt = Wᵀ. Decay toward zero comes from the optimizer's weight decay λ on B.
+    ``noise`` draws ξ (default :func:`gaussian_noise`)."""
 
     name = "wm"
 
-    def __init__(self, mirror_batch: int = 32, noise_std: float = 1.0):
-        self.mirror_batch, self.noise_std = mirror_batch, noise_std
+    def __init__(self, mirror_batch: int = 32, noise_std: float = 1.0, noise=gaussian_noise):
+        self.mirror_batch, self.noise_std, self.noise = mirror_batch, noise_std, noise
 
     def grads(self, layer, x, g, gW):
-        xi = torch.randn((self.mirror_batch, *x.shape[1:]), device=x.device, dtype=x.dtype)
-        xi = xi * self.noise_std
+        xi = self.noise((self.mirror_batch, *x.shape[1:]), x) * self.noise_std
         y = layer.ops.forward(xi, layer.weight, None)
         return {"B": -layer.ops.weight_grad(xi, y, layer.weight.shape) / self.mirror_batch}
 
@@ -139,7 +164,7 @@ class Sign(Rule):
 
     def __init__(self, scaling: str = "usf"):
         if scaling not in SIGN_SCALINGS:
-            raise ConfigError(f"sign scaling {scaling!r}; allowed: {', '.join(SIGN_SCALINGS)}")
+            raise ConfigError(f"unknown scaling {scaling!r}; allowed: {', '.join(SIGN_SCALINGS)}")
         self.scaling = scaling
         self.name = f"sign-{scaling}"
 
@@ -159,27 +184,29 @@ class Sign(Rule):
         return B * (W.norm() / B.norm().clamp_min(1e-30))
 
 
+def lowrank_factor(lowrank_scale, rank: int, ops) -> float:
+    """The factor on lowrank's ∇P, ∇Q: 1/√r if lowrank_scale is True, or "auto" on a linear
+    layer (the authors' convention: their conv layers omit it); 1 otherwise. A factor c is
+    the theory's flow with τ_P, τ_Q multiplied by 1/c."""
+    on = lowrank_scale is True or (lowrank_scale == "auto" and ops.kind != "conv")
+    return 1.0 / math.sqrt(rank) if on else 1.0
+
+
 class LowDim(Rule):
-    """Low-dimensional feedback B_w = Pᵀ Q_w of rank r (SPEC section 2).
+    """Low-dimensional feedback B_w = Pᵀ Q_w of rank r.
 
     The error sent down is compress-then-expand: z = P g (r numbers), then Q_wᵀ z;
-    the n_out x n_in product is never formed.
+    the n_out x n_in product is never formed. Options and defaults: ldfa.theory.rules.LD_DEFAULTS.
     """
 
-    def __init__(self, rank: int, p_rule: str = "oja", q_rule: str = "kp", init: str = "random",
-                 lowrank_scale: bool = True, svd_refresh: int = 100, svd_momentum: float = 0.99,
-                 mirror_batch: int = 32):
-        if p_rule not in P_RULES:
-            raise ConfigError(f"unknown p_rule {p_rule!r}; allowed: {', '.join(P_RULES)}")
-        if q_rule not in Q_RULES:
-            raise ConfigError(f"unknown q_rule {q_rule!r}; allowed: {', '.join(Q_RULES)}")
-        if init not in ("random", "svd"):
-            raise ConfigError(f"ld init {init!r}; allowed: random, svd")
-        if not isinstance(rank, int) or rank < 1:
-            raise ConfigError(f"rank r={rank!r}: must be an integer >= 1")
-        self.rank, self.p_rule, self.q_rule, self.init = rank, p_rule, q_rule, init
+    def __init__(self, rank: int, p_rule: str = LD_DEFAULTS["p_rule"], q_rule: str = LD_DEFAULTS["q_rule"],
+                 factor_init: str = LD_DEFAULTS["factor_init"],
+                 lowrank_scale=LD_DEFAULTS["lowrank_scale"], svd_refresh: int = LD_DEFAULTS["svd_refresh"],
+                 svd_momentum: float = LD_DEFAULTS["svd_momentum"],
+                 mirror_batch: int = LD_DEFAULTS["mirror_batch"], noise=gaussian_noise):
+        self.rank, self.p_rule, self.q_rule, self.factor_init = rank, p_rule, q_rule, factor_init
         self.lowrank_scale, self.svd_refresh, self.svd_momentum = lowrank_scale, svd_refresh, svd_momentum
-        self.mirror_batch = mirror_batch
+        self.mirror_batch, self.noise = mirror_batch, noise
         self.name = f"ld[{p_rule},{q_rule}] r={rank}"
         self.learned = tuple(n for n, rule in (("P", p_rule), ("Q", q_rule))
                              if rule in ("oja", "kp", "lowrank", "mirror"))
@@ -189,13 +216,8 @@ class LowDim(Rule):
         W, ops = layer.weight, layer.ops
         n_out, n_in = ops.flat(W).shape[-2:]
         r = self.rank
-        if self.init == "svd":
-            P, Qw = svd_factors(W, r, ops)
-        else:
-            P = _orthonormal_rows(ops.p_shape(W, r), generator, W)
-            # Q_w so that ‖Pᵀ Q_w‖ matches a random matrix with W's default init
-            std = math.sqrt(n_out / (3.0 * r * n_in))
-            Qw = (torch.randn(ops.q_shape(W, r), generator=generator, dtype=W.dtype) * std).to(W.device)
+        self.scale = lowrank_factor(self.lowrank_scale, r, ops)
+        P, Qw = init_factors(W, r, ops, generator, self.factor_init)
         for name, value, rule in (("P", P, self.p_rule), ("Q", Qw, self.q_rule)):
             if name in self.learned:
                 setattr(layer, name, torch.nn.Parameter(value))
@@ -231,19 +253,19 @@ class LowDim(Rule):
 
     @torch.no_grad()
     def _track_covariance(self, layer, g):
-        """Running ⟨δ δᵀ⟩; P = its top-r eigenvectors, refreshed every svd_refresh steps."""
+        """Running ⟨δ δᵀ⟩; P = its top-r eigenvectors, refreshed every svd_refresh steps
+        (svd_momentum 0, svd_refresh 1: the theory's P = top_r(C) of this batch)."""
         d = layer.ops.rows(g) * layer.ops.batch_size(g)  # per-example error (batch-mean loss)
         C = d.mT @ d / d.shape[-2]
         layer.C.mul_(self.svd_momentum).add_(C, alpha=1 - self.svd_momentum)
         if int(layer.steps) % self.svd_refresh == 0:
-            w, V = torch.linalg.eigh(layer.C.double())
-            layer.P.copy_(V[..., -self.rank:].flip(-1).mT.to(layer.P.dtype))
+            layer.P.copy_(top_subspace(layer.C, self.rank).to(layer.P.dtype))
         layer.steps += 1
 
     def grads(self, layer, x, g, gW, z=None):
         out, ops = {}, layer.ops
         P, Wf = layer.P, ops.flat(layer.weight)
-        scale = 1.0 / math.sqrt(self.rank) if self.lowrank_scale else 1.0
+        scale = self.scale
         Qf = ops.flat_q(self.q_weight(layer))
         if z is None and (self.p_rule == "oja" or self.q_rule == "kp"):
             z = ops.compress(g, P)
@@ -252,7 +274,7 @@ class LowDim(Rule):
             # b examples; every position of a conv map and every token counts as a sample)
             out["P"] = oja_grad(P, ops.cross(z, g), ops.cross(z, z), ops.n_rows(g), ops.batch_size(g))
         elif self.p_rule == "kp":
-            # ΔP = Q_w ΔWᵀ (SPEC: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
+            # ΔP = Q_w ΔWᵀ (theory: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
             y = ops.forward(x, self.q_weight(layer), None)
             out["P"] = ops.cross(y, g)
         elif self.p_rule == "lowrank":
@@ -263,7 +285,8 @@ class LowDim(Rule):
         elif self.q_rule == "lowrank":
             out["Q"] = (((P @ P.mT) @ Qf - P @ Wf) * scale).reshape(layer.Q.shape)
         elif self.q_rule == "mirror":
-            xi = torch.randn((self.mirror_batch, *x.shape[1:]), device=x.device, dtype=x.dtype)
+            # ΔQ_w = η ⟨(P W ξ) ξᵀ⟩ over mirror_batch noise examples; mean (ξ white) η P W
+            xi = self.noise((self.mirror_batch, *x.shape[1:]), x)
             y = layer.ops.compress(layer.ops.forward(xi, layer.weight, None), P)
             out["Q"] = -layer.ops.weight_grad(xi, y, layer.Q.shape) / self.mirror_batch
         return out
@@ -287,14 +310,29 @@ def svd_factors(W: torch.Tensor, r: int, ops):
     return P.contiguous(), Qw.contiguous()
 
 
+def init_factors(W: torch.Tensor, r: int, ops, generator, factor_init: str = "random"):
+    """(P, Q_w) at the start: factor_init ``svd``, the truncated SVD of W (:func:`svd_factors`);
+    ``random``, P with orthonormal rows and Q_w Gaussian so that ‖Pᵀ Q_w‖ matches a random
+    matrix with W's default init, U(±1/√fan_in)."""
+    if factor_init == "svd":
+        return svd_factors(W, r, ops)
+    n_out, n_in = ops.flat(W).shape[-2:]
+    P = _orthonormal_rows(ops.p_shape(W, r), generator, W)
+    std = math.sqrt(n_out / (3.0 * r * n_in))
+    Qw = (torch.randn(ops.q_shape(W, r), generator=generator, dtype=W.dtype) * std).to(W.device)
+    return P, Qw
+
+
 # -- direct rules: the output error e goes straight to every layer --------------------
 
 class DirectContext:
-    """Shared by the layers of one converted model: the output error e of this backward."""
+    """Shared by the layers of one converted model: the output error e of this backward,
+    z = P e (direct ld) and the matrices shared by all layers (the output layer's)."""
 
     def __init__(self):
         self.e = None
         self.z = None
+        self.shared_layer = None  # the output layer: holds the matrices shared by all layers
 
 
 def _to_input_shape(signal, x):
@@ -303,6 +341,30 @@ def _to_input_shape(signal, x):
     if signal.shape[-1] == x[0].numel():
         return signal.reshape(x.shape)
     return signal.reshape(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1]).expand(x.shape)
+
+
+def direct_width(layer) -> int | None:
+    """n, the width of the direct signal a layer sends down: in_features for a linear layer,
+    the per-example input size C_in·H·W for conv (None while unknown: convert(input_shape=...))."""
+    if layer.ops.kind == "conv":
+        return layer.input_numel
+    return layer.weight.shape[-1]
+
+
+def direct_matrix(layer, name: str, rows: int, x=None) -> torch.Tensor:
+    """The fixed random direct matrix (rows x n), entries N(0, 1/rows), drawn from the layer's
+    own seed: created by convert when n is known, else at the first backward (conv without
+    input_shape), then kept as a buffer."""
+    M = getattr(layer, name, None)
+    if M is None:
+        n = direct_width(layer) if x is None else (x[0].numel() if layer.ops.kind == "conv" else x.shape[-1])
+        if n is None:
+            return None
+        gen = torch.Generator().manual_seed(layer.generator_seed)
+        W = layer.weight
+        M = (torch.randn(rows, n, generator=gen, dtype=W.dtype) / math.sqrt(rows)).to(W.device)
+        layer.register_buffer(name, M)
+    return M
 
 
 class DFA(Rule):
@@ -316,15 +378,7 @@ class DFA(Rule):
 
     def setup(self, layer, generator):
         layer.generator_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-
-    def _matrix(self, layer, x, name, rows):
-        """Lazily (first backward, shapes known) a fixed random (rows x per-example input)."""
-        if getattr(layer, name, None) is None:
-            n = x[0].numel() if layer.ops.kind == "conv" else x.shape[-1]
-            gen = torch.Generator().manual_seed(layer.generator_seed)
-            M = torch.randn(rows, n, generator=gen, dtype=x.dtype) / math.sqrt(rows)
-            layer.register_buffer(name, M.to(x.device))
-        return getattr(layer, name)
+        direct_matrix(layer, "D", self.out_features)
 
     def signal(self, layer, g):
         """e (batch x d): the output layer records its own arriving error."""
@@ -336,22 +390,20 @@ class DFA(Rule):
 
     def input_grad(self, layer, x, g):
         e = self.signal(layer, g)
-        D = self._matrix(layer, x, "D", e.shape[-1])
+        D = direct_matrix(layer, "D", e.shape[-1], x)
         return _to_input_shape(e @ D, x)
 
 
 class DirectLowDim(DFA):
     """Direct ld: z = P e once (P: r x d, on the output layer), every layer gets Q_lᵀ z."""
 
-    def __init__(self, out_features: int, rank: int, p_rule: str = "fixed"):
+    def __init__(self, out_features: int, rank: int, p_rule: str = "oja"):
         super().__init__(out_features)
-        if p_rule not in ("fixed", "oja"):
-            raise ConfigError(f"direct ld supports p_rule fixed or oja, got {p_rule!r}")
         self.rank, self.p_rule = rank, p_rule
         self.name = f"ld-direct[{p_rule}] r={rank}"
 
     def setup(self, layer, generator):
-        super().setup(layer, generator)
+        layer.generator_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         self.learned = ("P",) if (layer.is_output and self.p_rule == "oja") else ()
         if layer.is_output:
             P = _orthonormal_rows((self.rank, self.out_features), generator, layer.weight)
@@ -359,12 +411,13 @@ class DirectLowDim(DFA):
                 layer.P = torch.nn.Parameter(P)
             else:
                 layer.register_buffer("P", P)
+        direct_matrix(layer, "Q", self.rank)
 
     def input_grad(self, layer, x, g):
         e = self.signal(layer, g)
         if layer.is_output:
             layer.direct.z = e @ layer.P.mT
-        Q = self._matrix(layer, x, "Q", layer.direct.z.shape[-1])  # z is shared: one r for all
+        Q = direct_matrix(layer, "Q", layer.direct.z.shape[-1], x)  # z is shared: one r for all
         return _to_input_shape(layer.direct.z @ Q, x)
 
     def grads(self, layer, x, g, gW):
@@ -372,3 +425,24 @@ class DirectLowDim(DFA):
             return {}
         z = g @ layer.P.mT
         return {"P": oja_grad(layer.P, z.mT @ g, z.mT @ z, g.shape[0], g.shape[0])}
+
+
+# -- the registry: theory name -> fast implementation ----------------------------------
+
+implements("bp")(lambda spec, out_features: BP())
+implements("fa")(lambda spec, out_features: FA())
+implements("kp")(lambda spec, out_features: KP())
+implements("wm")(lambda spec, out_features: WeightMirror(spec.options["mirror_batch"],
+                                                          spec.options["noise_std"]))
+implements("sign")(lambda spec, out_features: Sign(spec.options["scaling"]))
+implements("dfa")(lambda spec, out_features: DFA(out_features))
+
+
+@implements("ld")
+def _ld(spec: RuleSpec, out_features: int):
+    o = spec.options
+    if spec.direct:
+        if o["p_rule"] in ("fixed", "oja") and o["q_rule"] == "fixed":
+            return DirectLowDim(out_features, spec.rank, o["p_rule"])
+        return None  # other direct factor rules: the generic path
+    return LowDim(spec.rank, **{k: o[k] for k in LD_DEFAULTS})

@@ -12,18 +12,26 @@ import torch
 from torch import nn
 
 from ..theory.errors import ConfigError
-from .feedback import BP, DFA, FA, KP, PRESETS, DirectContext, DirectLowDim, LowDim, Rule, Sign, WeightMirror
+from ..theory.rules import RuleSpec, resolve
+from .feedback import BP, FA, IMPLEMENTATIONS, KP, DirectContext, LowDim, Rule
 from .ops import BatchedLinearOps, ConvOps, LinearOps, angle
 from .target_prop import TargetBlock, inverse_parameters
 
-RULES = ("bp", "fa", "dfa", "sign", "kp", "wm", "ld", *PRESETS)
-BATCHED_RULES = ("bp", "fa", "kp", "ld", *PRESETS)
+IMPLEMENTATION_CHOICES = ("auto", "fast", "generic")
+
+
+def batched_capable(rule: Rule) -> bool:
+    """Fast paths written with ``@``/``.mT`` only run on BatchedLinear: bp, fa, kp, layerwise ld
+    (except the mirror q_rule, which drives the layer with noise)."""
+    if isinstance(rule, LowDim):
+        return rule.q_rule != "mirror"
+    return type(rule) in (BP, FA, KP)
 
 
 class BatchedLinear(nn.Module):
     """S independent nn.Linear(n_in, n_out): weight (S, n_out, n_in), bias (S, n_out).
 
-    Inputs are (S, batch, n_in); `convert` gives it every rule in BATCHED_RULES.
+    Inputs are (S, batch, n_in); `convert` gives it the rules of :func:`batched_capable`.
     """
 
     def __init__(self, seeds: int, n_in: int, n_out: int, bias: bool = True):
@@ -70,11 +78,12 @@ class FeedbackLayer(nn.Module):
     """A linear map with W's forward pass and a feedback rule's backward pass."""
 
     def __init__(self, weight: nn.Parameter, bias, ops, rule: Rule, generator, is_output=False,
-                 direct: DirectContext | None = None):
+                 direct: DirectContext | None = None, input_numel: int | None = None):
         super().__init__()
         self.weight, self.bias = weight, bias
         self.ops, self.rule = ops, rule
         self.is_output, self.direct = is_output, direct
+        self.input_numel = input_numel  # per-example input size (conv: C_in·H·W), if known
         self.track = False
         self.stats = {}
         rule.setup(self, generator)
@@ -113,57 +122,75 @@ class FeedbackLayer(nn.Module):
         return f"{self.ops.kind}, weight={tuple(self.weight.shape)}, rule={self.rule}"
 
 
-def make_rule(rule: str, rank=None, p_rule=None, q_rule=None, out_features=None, **options) -> Rule:
-    """A fresh rule object by name (one per layer: rules may hold per-layer settings)."""
-    if rule == "bp":
-        return BP()
-    if rule == "fa":
-        return FA()
-    if rule == "kp":
-        return KP()
-    if rule == "wm":
-        return WeightMirror(**{k: v for k, v in options.items() if k in ("mirror_batch", "noise_std")})
-    if rule == "sign":
-        return Sign(options.get("scaling", "usf"))
-    if rule == "dfa":
-        return DFA(out_features)
-    if rule in ("ld", *PRESETS):
-        preset = dict(PRESETS.get(rule, {}))
-        preset.update({k: v for k, v in (("p_rule", p_rule), ("q_rule", q_rule)) if v})
-        if options.get("direct"):
-            return DirectLowDim(out_features, rank, preset.get("p_rule", "fixed"))
-        preset.setdefault("p_rule", "oja")
-        preset.setdefault("q_rule", "kp")
-        keep = ("init", "lowrank_scale", "svd_refresh", "svd_momentum", "mirror_batch")
-        preset.update({k: v for k, v in options.items() if k in keep})
-        return LowDim(rank, **preset)
-    raise ConfigError(f"unknown rule {rule!r}; allowed: {', '.join(RULES)}")
+def make_rule(spec: RuleSpec, out_features: int | None = None, implementation: str = "auto") -> Rule:
+    """A fresh rule object for one layer (rules may hold per-layer settings).
+
+    ``auto``: the fast implementation registered under the theory's name (ldfa.sim.feedback
+    IMPLEMENTATIONS) where it covers the spec's options, else the generic path
+    (ldfa.sim.generic), which evaluates the theory's expressions; ``fast`` or ``generic``
+    force one (``fast`` fails where none exists).
+    """
+    if implementation not in IMPLEMENTATION_CHOICES:
+        raise ConfigError(f"unknown implementation {implementation!r}; allowed: "
+                          f"{', '.join(IMPLEMENTATION_CHOICES)}")
+    if implementation != "generic":
+        factory = IMPLEMENTATIONS.get(spec.base)
+        rule = factory(spec, out_features) if factory else None
+        if rule is not None:
+            return rule
+        if implementation == "fast":
+            raise ConfigError(f"rule {spec.name!r} with {spec.options}: no fast implementation; "
+                              "use implementation='generic'")
+    from .generic import GenericRule
+
+    return GenericRule(spec, out_features)
+
+
+def _conv_input_sizes(model: nn.Module, input_shape) -> dict:
+    """{module: per-example input numel} of every nn.Conv2d, from one probe forward pass of a
+    zero example (eval mode, no grad; the model's mode is restored)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if input_shape is None or not convs:
+        return {}
+    sizes, hooks = {}, []
+    for m in convs:
+        hooks.append(m.register_forward_pre_hook(lambda mod, inp: sizes.__setitem__(mod, inp[0][0].numel())))
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return sizes
 
 
 def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule: str | None = None,
             q_rule: str | None = None, skip=("patch_embed",), rank_scale: dict | None = None,
-            clip_rank: bool = False, seed: int = 0, **options) -> nn.Module:
+            clip_rank: bool = False, seed: int = 0, direct: bool = False, input_shape=None,
+            implementation: str = "auto", **options) -> nn.Module:
     """Replace every nn.Linear and nn.Conv2d of ``model`` (in place) by a FeedbackLayer.
 
-    rule: bp, fa, dfa, sign, kp, wm, ld, or a preset (ldfa, ldfa-local, raf).
+    rule: any name of ldfa.theory.rules.rule_names(), including rules registered at run time
+      (they train through the generic path). Defaults: ldfa.theory.rules (docs/rules.md).
     rank: r for ld rules; a layer's rank is rank·rank_scale[suffix] for a module name ending
       in suffix (default: qkv -> 3r, as in the authors' ViT), and the output layer's is cut
       to min(r, n_out). A rank above another layer's min(n_in, n_out) (conv: n_in = C_in·k·k)
       is an error, unless clip_rank=True cuts it there (the authors' min(r, n_l, n_{l+1})).
     skip: module names (or name suffixes) left with exact backprop (default: patch_embed).
-    options: direct=True for direct ld; scaling for sign; init, lowrank_scale, svd_refresh,
-      svd_momentum, mirror_batch for ld.
-    The weights and biases stay the same nn.Parameter objects.
+    direct: the direct variant (ld). input_shape: the per-example input shape (e.g. (1, 28, 28));
+      direct rules on conv layers need it to create their matrices here rather than at the
+      first backward (one probe forward pass of a zero example).
+    implementation: auto (fast path where one exists, else generic), fast, or generic.
+    options: the rule's options (ldfa.theory.rules: scaling for sign; mirror_batch, noise_std
+      for wm; factor_init, lowrank_scale, svd_refresh, svd_momentum, mirror_batch for ld).
+    Every matrix of the rule exists when convert returns. The weights and biases stay the
+    same nn.Parameter objects.
     """
-    if rule not in RULES:
-        raise ConfigError(f"unknown rule {rule!r}; allowed: {', '.join(RULES)}")
-    is_ld = rule in ("ld", *PRESETS)
-    if is_ld and rank is None:
-        raise ConfigError(f"rule {rule!r} needs a rank r (--rank)")
-    if not is_ld and rank is not None:
-        raise ConfigError(f"rank applies to ld rules only, not to {rule!r}")
-    if not is_ld and (p_rule or q_rule):
-        raise ConfigError(f"--p-rule/--q-rule apply to ld rules only, not to {rule!r}")
+    spec = resolve(rule, p_rule, q_rule, direct, rank=rank, **options)
     rank_scale = {"qkv": 3} if rank_scale is None else rank_scale
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, (nn.Linear, nn.Conv2d, BatchedLinear))
@@ -172,25 +199,25 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
         raise ConfigError(f"model {type(model).__name__} has no nn.Linear or nn.Conv2d to convert")
     out_name, out_module = targets[-1]
     out_features = out_module.weight.shape[-2 if isinstance(out_module, BatchedLinear) else 0]
-    direct = DirectContext()
+    sizes = _conv_input_sizes(model, input_shape) if spec.direct else {}
+    context = DirectContext()
     generator = torch.Generator().manual_seed(seed)
     for name, m in targets:
         is_output = name == out_name
         if isinstance(m, nn.Conv2d):
-            if is_ld and m.groups != 1:
+            if spec.rule.uses_rank and m.groups != 1:
                 raise ConfigError(f"layer {name}: ld needs groups = 1, got {m.groups}")
             if isinstance(m.padding, str) or m.padding_mode != "zeros":
                 raise ConfigError(f"layer {name}: only numeric zero padding is supported")
             ops = ConvOps(m.stride, m.padding, m.dilation, m.groups)
         elif isinstance(m, BatchedLinear):
-            if rule not in BATCHED_RULES or options.get("direct") or q_rule == "mirror":
-                raise ConfigError(f"rule {rule!r} is not available for batched layers; allowed: "
-                                  f"{', '.join(BATCHED_RULES)} (layerwise, q_rule not mirror)")
+            if spec.direct:
+                raise ConfigError(f"rule {rule!r}: direct feedback is not available for batched layers")
             ops = BatchedLinearOps()
         else:
             ops = LinearOps()
         r = None
-        if is_ld:
+        if spec.rule.uses_rank:
             n_out, n_in = ops.flat(m.weight).shape[-2:]
             scale = next((v for k, v in rank_scale.items() if name.endswith(k)), 1)
             r = rank * scale
@@ -200,10 +227,14 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
                 r = min(r, n_out, n_in)
             elif r > min(n_out, n_in):
                 raise ConfigError(f"rank r={r} exceeds layer {name!r} ({n_in} -> {n_out}); "
-                                  f"allowed: 1..{min(n_out, n_in)}, or clip_rank=True (--clip-rank) "
-                                  "to cut it")
-        layer_rule = make_rule(rule, r, p_rule, q_rule, out_features, **options)
-        new = FeedbackLayer(m.weight, m.bias, ops, layer_rule, generator, is_output, direct)
+                                  f"allowed: 1..{min(n_out, n_in)}, or clip_rank=True to cut it")
+        layer_spec = RuleSpec(spec.name, spec.base, spec.rule, r, spec.direct, spec.options)
+        layer_rule = make_rule(layer_spec, out_features, implementation)
+        if isinstance(ops, BatchedLinearOps) and not batched_capable(layer_rule):
+            raise ConfigError(f"rule {rule!r} ({layer_rule}) is not available for batched layers; "
+                              "allowed: bp, fa, kp and layerwise ld (q_rule not mirror)")
+        new = FeedbackLayer(m.weight, m.bias, ops, layer_rule, generator, is_output, context,
+                            input_numel=sizes.get(m))
         _set_submodule(model, name, new)
     return model
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,17 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from ..theory.errors import ConfigError
+from ..theory.rules import resolve, rule_names
 from ..theory.trajectory import atomic_write
 from . import data as datasets
 from . import models
-from .feedback import P_RULES, PRESETS, Q_RULES
-from .layers import RULES, convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
+from .layers import convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
 from .target_prop import TP_DEFAULTS, TP_RULES, TargetProp, TargetPropMLP
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TRANSFER = ("toast", "probe", "finetune")
-LD_RULES = ("ld", *PRESETS)
-ALL_RULES = (*RULES, *TP_RULES)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class TrainConfig:
     q_rule: str | None = None
     direct: bool = False
     scaling: str = "usf"
-    init: str | None = None
+    factor_init: str | None = None  # ld factors: random or svd (default: the rule's, ldfa.theory.rules)
     epochs: float = 1.0
     steps: int | None = None
     batch_size: int = 128
@@ -68,6 +69,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        _check_values(self)  # types and ranges of every field, before the cross-field checks
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
@@ -83,8 +85,8 @@ class TrainConfig:
                                   f"{self.model!r} has no attention blocks; use model 'vit'")
         elif self.backbone:
             raise ConfigError("--backbone needs --transfer (toast, probe or finetune)")
-        if self.rule not in ALL_RULES:
-            raise ConfigError(f"unknown rule {self.rule!r}; allowed: {', '.join(ALL_RULES)}")
+        if self.rule not in (*rule_names(), *TP_RULES):
+            raise ConfigError(f"unknown rule {self.rule!r}; allowed: {', '.join((*rule_names(), *TP_RULES))}")
         if self.rule in TP_RULES:
             if self.model not in ("mlp", "linear"):
                 raise ConfigError(f"rule {self.rule!r} needs model mlp or linear, not {self.model!r}")
@@ -108,21 +110,11 @@ class TrainConfig:
             raise ConfigError(f"epochs={self.epochs!r}: must be a positive number")
         if not (self.lr > 0):
             raise ConfigError(f"lr={self.lr!r}: must be positive")
-        is_ld = self.rule in LD_RULES
-        if is_ld and self.rank is None:
-            raise ConfigError(f"rule {self.rule!r} needs a rank r (--rank)")
-        if not is_ld and self.rank is not None:
-            raise ConfigError(f"rank applies to ld rules only, not to {self.rule!r}")
-        if not is_ld and (self.p_rule or self.q_rule):
-            raise ConfigError(f"--p-rule/--q-rule apply to ld rules only, not to {self.rule!r}")
-        if self.p_rule and self.p_rule not in P_RULES:
-            raise ConfigError(f"unknown p_rule {self.p_rule!r}; allowed: {', '.join(P_RULES)}")
-        if self.q_rule and self.q_rule not in Q_RULES:
-            raise ConfigError(f"unknown q_rule {self.q_rule!r}; allowed: {', '.join(Q_RULES)}")
-        if self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ConfigError(f"device={self.device!r}; allowed: cpu, cuda, cuda:N")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device={self.device!r}: CUDA is not available on this machine; use cpu")
+        if self.rule not in TP_RULES:  # names, p_rule, q_rule, rank, options: the shared checks
+            opts = self.rule_options()
+            resolve(self.rule, opts.pop("p_rule"), opts.pop("q_rule"), opts.pop("direct", False),
+                    rank=opts.pop("rank"), **{k: v for k, v in opts.items() if k != "seed"})
+        _check_device(self.device)
 
     def target_prop(self) -> TargetProp:
         """The dtp / ddtp settings (defaults per rule in target_prop.TP_DEFAULTS)."""
@@ -137,9 +129,144 @@ class TrainConfig:
             opts["direct"] = True
         if self.rule == "sign":
             opts["scaling"] = self.scaling
-        if self.init:
-            opts["init"] = self.init
+        if self.factor_init:
+            opts["factor_init"] = self.factor_init
         return opts
+
+
+MAX_SEED = 2**63 - 1          # torch.manual_seed takes a 64-bit integer
+MAX_WIDTH = 1 << 16           # widest layer, and largest rank
+MAX_COUNT = 10**9             # steps, samples, logging intervals
+MAX_PARAMETERS = 2 * 10**9    # weights of one network (8 GB in float32)
+DEFAULT_HIDDEN = (256, 256)
+# (input shape, outputs) of each data set as load() returns it, so that the network can be
+# checked before any data is read; teachers use their default sizes
+DATA_SHAPES = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+               "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+               "linear-teacher": ((100,), 10), "random-teacher": ((100,), 10)}
+_STRINGS = ("model", "data", "rule", "scaling", "optimizer", "device")
+_OPTIONAL_STRINGS = ("data_root", "p_rule", "q_rule", "factor_init", "transfer", "backbone")
+_BOOLS = ("direct", "clip_rank", "tp_normalize")
+_INTS = {"rank": (1, MAX_WIDTH), "steps": (1, MAX_COUNT), "batch_size": (1, MAX_COUNT),
+         "inverse_iters": (1, 1000), "seed": (0, MAX_SEED), "log_every": (1, MAX_COUNT),
+         "train_subset": (1, MAX_COUNT), "test_subset": (1, MAX_COUNT)}
+# name: (lowest, lowest allowed itself, below this)
+_FLOATS = {"epochs": (0, False, 1e6), "lr": (0, False, math.inf), "momentum": (0, True, 1),
+           "weight_decay": (0, True, math.inf), "fb_lr": (0, False, math.inf),
+           "fb_weight_decay": (0, True, math.inf), "clamp": (0, False, math.inf),
+           "tp_beta": (0, False, math.inf), "tp_noise": (0, True, math.inf)}
+_OPTIONAL = {"rank", "steps", "inverse_iters", "train_subset", "test_subset", "fb_lr", "fb_weight_decay",
+             "clamp", "tp_beta"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_values(cfg) -> None:
+    """Every field of a TrainConfig has the right type and lies in its range (one-line ConfigError)."""
+    for name in _STRINGS + _OPTIONAL_STRINGS:
+        v = getattr(cfg, name)
+        if not (isinstance(v, str) or (v is None and name in _OPTIONAL_STRINGS)):
+            raise ConfigError(f"{name}={v!r}: must be a string")
+    for name in _BOOLS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ConfigError(f"{name}={getattr(cfg, name)!r}: must be true or false")
+    for name, (lo, hi) in _INTS.items():
+        v = getattr(cfg, name)
+        if v is None and name in _OPTIONAL:
+            continue
+        if not _is_int(v) or not lo <= v <= hi:
+            raise ConfigError(f"{name}={v!r}: must be an integer in {lo}..{hi}")
+    for name, (lo, closed, hi) in _FLOATS.items():
+        v = getattr(cfg, name)
+        if v is None and name in _OPTIONAL:
+            continue
+        if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                or not (v >= lo if closed else v > lo) or not v < hi):
+            where = f"{'>=' if closed else '>'} {lo}" + (f" and < {hi:g}" if math.isfinite(hi) else "")
+            raise ConfigError(f"{name}={v!r}: must be a finite number {where}")
+    if cfg.model not in models.MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; allowed: {', '.join(models.MODELS)}")
+    if cfg.data not in DATA_SHAPES:
+        raise ConfigError(f"data set {cfg.data!r}: must be one of {', '.join(DATA_SHAPES)}")
+    h = cfg.hidden
+    if (isinstance(h, (str, bytes)) or not isinstance(h, (list, tuple)) or len(h) > 64
+            or not all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in h)):
+        raise ConfigError(f"hidden={h!r}: must be a list of at most 64 integers in 1..{MAX_WIDTH}")
+    if cfg.model not in ("linear", "mlp") and tuple(h) != DEFAULT_HIDDEN:
+        raise ConfigError(f"hidden={tuple(h)}: applies to models linear and mlp, not {cfg.model!r} "
+                          "(its sizes are model options)")
+    c = cfg.classes
+    outputs = DATA_SHAPES[cfg.data][1]
+    if c is not None and (isinstance(c, (str, bytes)) or not isinstance(c, (list, tuple)) or not c
+                          or not all(_is_int(k) and 0 <= k < outputs for k in c) or len(set(c)) != len(c)):
+        raise ConfigError(f"classes={c!r}: need distinct labels in 0..{outputs - 1}")
+    if not isinstance(cfg.model_options, dict) or not all(isinstance(k, str) for k in cfg.model_options):
+        raise ConfigError(f"model_options={cfg.model_options!r}: must be an object of named options")
+
+
+def _check_device(device: str) -> None:
+    """cpu, cuda or cuda:N with N an existing GPU."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise ConfigError(f"device={device!r}; allowed: cpu, cuda, cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r}: CUDA is not available on this machine; use cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
+def check_model(cfg: TrainConfig) -> int:
+    """Build the network of ``cfg`` before any data is read, so that the size, the model options
+    and the rank against each layer's widths are checked before any compute: first without
+    memory on the meta device (size), then, up to CHECK_BUILD_LIMIT weights, on the CPU with its
+    rule in place. Returns the number of weights. A transfer run's backbone file is checked instead."""
+    if cfg.transfer:
+        load_state(cfg.backbone)
+        return 0
+    kw = dict(cfg.model_options)
+    if cfg.model in ("linear", "mlp"):
+        kw.setdefault("hidden", list(cfg.hidden))
+    key = json.dumps([cfg.model, cfg.data, cfg.classes and len(cfg.classes), kw, cfg.rule, cfg.rank,
+                      cfg.p_rule, cfg.q_rule, cfg.direct, cfg.clip_rank, cfg.scaling, cfg.factor_init],
+                     default=str)
+    if key not in _CHECKED:
+        _CHECKED[key] = _check_network(cfg)
+    return _CHECKED[key]
+
+
+CHECK_BUILD_LIMIT = 20_000_000
+_CHECKED: dict[str, int] = {}  # networks already checked (a grid repeats them across seeds and lrs)
+
+
+def _check_network(cfg: TrainConfig) -> int:
+    shape, outputs = DATA_SHAPES[cfg.data]
+    if cfg.model in ("linear", "mlp"):
+        shape = (math.prod(shape),)
+    classes = len(cfg.classes) if cfg.classes else outputs
+    kw = dict(cfg.model_options)
+    if cfg.model in ("linear", "mlp"):
+        kw.setdefault("hidden", list(cfg.hidden))
+    with torch.device("meta"):
+        n = sum(p.numel() for p in models.build(cfg.model, shape, classes, **kw).parameters())
+    if n > MAX_PARAMETERS:
+        raise ConfigError(f"model {cfg.model!r} with {kw or 'default options'} has {n:.3g} weights; "
+                          f"at most {MAX_PARAMETERS:.0e} are allowed")
+    if n <= CHECK_BUILD_LIMIT:
+        with torch.random.fork_rng(devices=[]):
+            _network(cfg, shape, classes, kw)
+    return n
+
+
+def _network(cfg: TrainConfig, input_shape, classes: int, kw: dict):
+    """The model of ``cfg`` with its feedback rule (or target propagation) in place."""
+    model = models.build(cfg.model, input_shape, classes, **kw)
+    if cfg.rule in TP_RULES:
+        return TargetPropMLP(model, cfg.target_prop())
+    convert(model, cfg.rule, clip_rank=cfg.clip_rank, input_shape=tuple(input_shape), **cfg.rule_options())
+    return model
 
 
 def build(cfg: TrainConfig):
@@ -161,11 +288,7 @@ def build(cfg: TrainConfig):
     if cfg.transfer:
         return _transfer_model(cfg, train_set.input_shape, classes, kw).to(cfg.device), \
             train_set.to(cfg.device), test_set.to(cfg.device)
-    model = models.build(cfg.model, train_set.input_shape, classes, **kw)
-    if cfg.rule in TP_RULES:
-        model = TargetPropMLP(model, cfg.target_prop())
-    else:
-        convert(model, cfg.rule, clip_rank=cfg.clip_rank, **cfg.rule_options())
+    model = _network(cfg, train_set.input_shape, classes, kw)
     return model.to(cfg.device), train_set.to(cfg.device), test_set.to(cfg.device)
 
 
@@ -211,16 +334,30 @@ def _state_mismatch(expected: dict, saved: dict) -> str:
     return "; ".join(parts)
 
 
+def safe_torch_load(source, what: str):
+    """torch.load with weights_only=True: tensors, numbers, strings and containers only, so
+    opening a file never runs code from it; any other content is a one-line ConfigError naming
+    ``what`` (the file)."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()
+        found = next((line.strip() for line in first if "GLOBAL" in line or "global" in line), "")
+        raise ConfigError(f"{what} is refused: it holds more than tensors and plain values, and loading "
+                          f"it could run code ({found or 'unsupported content'})") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{what} is corrupt ({type(err).__name__}: {line})") from None
+
+
 def load_state(path) -> dict:
-    """A saved state dict (torch.save); a missing or unreadable file is a one-line error."""
+    """A saved state dict (torch.save, read with weights_only=True); a missing, unreadable or
+    unsafe file is a one-line error."""
     if not Path(path).is_file():
         raise ConfigError(f"backbone file {path} does not exist; train one with --save-model")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError("not a state dict")
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ConfigError(f"backbone file {path} is corrupt ({type(err).__name__}: {err})") from None
+    state = safe_torch_load(path, f"backbone file {path}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"backbone file {path} is not a state dict of tensors; write one with --save-model")
     return state
 
 
@@ -302,6 +439,8 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
         batches = train_set.batches(cfg.batch_size, shuffle=True, generator=gen)
         for _ in range(in_epoch):
             next(batches)
+    if log_path and start > 1:  # the log as of the checkpoint: rows written after it are dropped
+        atomic_write(log_path, lambda f: f.writelines(json_line(row) for row in history))
     log = open(log_path, "a" if start > 1 else "w") if log_path else None  # noqa: SIM115
     bar, t0 = _progress(total, progress, cfg), time.perf_counter()
     bar.update(start - 1, float("nan"))
@@ -321,7 +460,7 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
         loss = loss_fn(out, y)
         if not math.isfinite(loss.item()):
             if log:
-                log.write(json.dumps({"step": step, "loss": loss.item(), "status": "diverged"}) + "\n")
+                log.write(json_line({"step": step, "loss": loss.item(), "status": "diverged"}))
                 log.close()
             bar.close()
             raise TrainingDiverged(f"loss became {loss.item()} at step {step} ({cfg.rule}, lr {cfg.lr}); "
@@ -344,7 +483,7 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
             row["time"] = time.perf_counter() - t0
             history.append(row)
             if log:
-                log.write(json.dumps(row) + "\n")
+                log.write(json_line(row))
                 log.flush()
         if checkpoint and checkpoint_every and rank == 0 and (step % checkpoint_every == 0 or step == total):
             save_checkpoint(checkpoint, cfg, core, opt, step, epoch, in_epoch, epoch_gen, history)
@@ -356,6 +495,23 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
     final = evaluate(core, test_set)
     return {"config": dataclasses.asdict(cfg), "history": history, **final, "rank": rank, "world": world,
             "steps": total, "seconds": time.perf_counter() - t0, "model": core}
+
+
+def strict_json(value):
+    """``value`` with every NaN or infinite float replaced by its name ("nan", "inf", "-inf"),
+    so that it can be written as strict JSON (json.dumps(..., allow_nan=False))."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def json_line(row: dict) -> str:
+    """One strict-JSON log line (non-finite numbers as strings, see strict_json)."""
+    return json.dumps(strict_json(row), allow_nan=False) + "\n"
 
 
 def _distributed(model, cfg):
@@ -376,24 +532,49 @@ def _distributed(model, cfg):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids), rank, world
 
 
+CHECKPOINT_MAGIC = b"LDFA-CHECKPOINT-1\n"
+
+
 def save_checkpoint(path, cfg, model, opt, step, epoch, in_epoch, epoch_gen, history) -> None:
-    """Everything needed to continue bit-identically, written to a temporary file then renamed."""
+    """Everything needed to continue bit-identically, written to a temporary file then renamed.
+
+    File layout: CHECKPOINT_MAGIC, the SHA-256 (hex) of the payload and a newline, then the
+    payload, a torch.save of plain values and tensors (read back with weights_only=True).
+    """
     state = {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
              "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch, "in_epoch": in_epoch,
              "epoch_gen": epoch_gen, "history": history}
-    _torch_save(state, path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    header = CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    atomic_write(path, lambda f: (f.write(header), f.write(payload)), binary=True)
+
+
+def read_checkpoint(path) -> dict:
+    """The state saved by save_checkpoint, its checksum verified; loading runs no code from the file.
+    A changed byte anywhere, a truncated file or unsafe content is a one-line ConfigError."""
+    hint = "delete it to start the run over"
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"checkpoint {path} cannot be read ({err.strerror or err})") from None
+    head = len(CHECKPOINT_MAGIC)
+    if not raw.startswith(CHECKPOINT_MAGIC) or raw[head + 64: head + 65] != b"\n":
+        raise ConfigError(f"checkpoint {path} is not an ldfa checkpoint (no checksum header); {hint}")
+    payload = raw[head + 65:]
+    if hashlib.sha256(payload).hexdigest().encode() != raw[head: head + 64]:
+        raise ConfigError(f"checkpoint {path} is corrupt (its SHA-256 checksum does not match); {hint}")
+    state = safe_torch_load(io.BytesIO(payload), f"checkpoint {path}")
+    keys = {"model", "optimizer", "torch_rng", "step", "epoch", "in_epoch", "epoch_gen", "history"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise ConfigError(f"checkpoint {path} is corrupt (missing entries); {hint}")
+    return state
 
 
 def load_checkpoint(path, cfg: TrainConfig) -> dict:
-    """The saved state; a corrupt file or one from another configuration is a one-line error."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        keys = {"model", "optimizer", "torch_rng", "step", "epoch", "in_epoch", "epoch_gen", "history"}
-        if not isinstance(state, dict) or not keys <= set(state):
-            raise ValueError("missing entries")
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ConfigError(f"checkpoint {path} is corrupt ({type(err).__name__}: {err}); "
-                          "delete it to start the run over") from None
+    """The saved state (read_checkpoint); one from another configuration is a one-line error."""
+    state = read_checkpoint(path)
     if state.get("config") != dataclasses.asdict(cfg):
         raise ConfigError(f"checkpoint {path} was written by another configuration; use a new path "
                           "or delete it")

@@ -267,7 +267,7 @@ def test_tracking_reports_angles():
     (dict(rule="ld", rank=2, p_rule="bad"), "unknown p_rule 'bad'"),
     (dict(rule="ld", rank=2, q_rule="bad"), "unknown q_rule 'bad'"),
     (dict(rule="ld"), "needs a rank"),
-    (dict(rule="fa", rank=3), "rank applies to ld rules only"),
+    (dict(rule="fa", rank=3), "rank r=3 applies to ld rules only"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(ConfigError, match=match):

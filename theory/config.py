@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from .closed_form import deep_learning_time
 from .errors import ConfigError
-from .rules import P_RULES, PRESETS, Q_RULES, get_rule
+from .rules import get_rule, is_ld, resolve
 
 INITS = ("random", "aligned", "first-zero")
 
@@ -63,7 +65,16 @@ class TheoryConfig:
 
     @property
     def is_ld(self) -> bool:
-        return self.rule == "ld" or self.rule in PRESETS
+        return is_ld(self.rule)
+
+    @property
+    def uses_rank(self) -> bool:
+        """True for rules with a bottleneck of r numbers (ld, its presets, registered rank rules)."""
+        return self.is_ld or get_rule(self.rule, self.p_rule, self.q_rule, self.direct).uses_rank
+
+    def teacher(self):
+        """(W*, U, V) of this configuration: :func:`teacher_matrices` of (n_in, n_out, spectrum, seed)."""
+        return teacher_matrices(self.n_in, self.n_out, self.spectrum, self.seed)
 
     @property
     def widths(self) -> list[int]:
@@ -90,13 +101,31 @@ def _positive(name, value):
         raise ConfigError(f"{name}={value!r}: must be a positive number")
 
 
+def _orthonormal_rows(rng, r, n):
+    q, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    return q[:, :r].T
+
+
+def teacher_matrices(n_in: int, n_out: int, spectrum, seed: int = 0):
+    """The one teacher of the project, for theory and simulation alike: W* = U diag(spectrum) Vᵀ.
+
+    U (n_out x k) and V (n_in x k), k = len(spectrum), are random orthonormal columns drawn, in
+    that order, from numpy's default_rng(seed). Returns float64 arrays (W*, U, V).
+    """
+    rng = np.random.default_rng(seed)
+    k = len(spectrum)
+    U = _orthonormal_rows(rng, k, n_out).T
+    V = _orthonormal_rows(rng, k, n_in).T
+    return U @ np.diag(np.asarray(spectrum, dtype=float)) @ V.T, U, V
+
+
 def validate(c: TheoryConfig) -> None:
-    """Raise ConfigError with one line naming the first bad value and what is allowed."""
-    get_rule(c.rule, p_rule=c.p_rule, q_rule=c.q_rule, direct=c.direct)  # names
-    if c.p_rule is not None and c.p_rule not in P_RULES:
-        raise ConfigError(f"unknown p_rule {c.p_rule!r}; allowed: {', '.join(P_RULES)}")
-    if c.q_rule is not None and c.q_rule not in Q_RULES:
-        raise ConfigError(f"unknown q_rule {c.q_rule!r}; allowed: {', '.join(Q_RULES)}")
+    """Raise ConfigError with one line naming the first bad value and what is allowed.
+
+    Rule names, p_rule, q_rule and direct are checked by :func:`ldfa.theory.rules.resolve`
+    (shared with the simulation); the rank's bounds here are the theory's (1 <= r <= d).
+    """
+    get_rule(c.rule, p_rule=c.p_rule, q_rule=c.q_rule, direct=c.direct)  # names, no_theory
     if not isinstance(c.layers, int) or c.layers < 2:
         raise ConfigError(f"layers={c.layers!r}: must be an integer >= 2")
     for name in ("n_in", "hidden", "n_out", "n_points"):
@@ -123,12 +152,11 @@ def validate(c: TheoryConfig) -> None:
                           f"at most {min(c.n_in, c.n_out)} modes")
     if c.init == "aligned" and k > c.hidden:
         raise ConfigError(f"init='aligned' needs hidden >= number of modes ({k}), got {c.hidden}")
-    if c.is_ld:
+    if c.uses_rank:
         if c.rank is None:
-            raise ConfigError(f"rule {c.rule!r} needs a rank r (--rank), an integer in 1..d")
+            raise ConfigError(f"rule {c.rule!r} needs a rank r, an integer in 1..d")
         if not _is_int(c.rank) or not 1 <= c.rank <= c.n_out:
             raise ConfigError(f"rank r={c.rank!r}: must be an integer with 1 <= r <= d = {c.n_out}")
         if c.rank > c.hidden:
             raise ConfigError(f"rank r={c.rank} exceeds the hidden width {c.hidden}")
-    elif c.rank is not None:
-        raise ConfigError(f"rank r={c.rank} applies to ld rules only, not to {c.rule!r}")
+    resolve(c.rule, c.p_rule, c.q_rule, c.direct, rank=c.rank)

@@ -47,12 +47,8 @@ def _orthonormal_rows(rng, r, n):
 
 
 def teacher(cfg: TheoryConfig):
-    """(W*, U, V): W* = U diag(spectrum) Vᵀ with random orthonormal U (d x k), V (n_in x k)."""
-    rng = np.random.default_rng(cfg.seed)
-    k = len(cfg.spectrum)
-    U = _orthonormal_rows(rng, k, cfg.n_out).T
-    V = _orthonormal_rows(rng, k, cfg.n_in).T
-    return U @ np.diag(cfg.spectrum) @ V.T, U, V
+    """(W*, U, V): the project's one teacher, :func:`ldfa.theory.config.teacher_matrices`."""
+    return cfg.teacher()
 
 
 class MatrixSystem:
