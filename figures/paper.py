@@ -320,6 +320,15 @@ def _acc_cells(accs: list[float], n: int) -> str:
     return mean if n == 1 else f"{mean} & {min(ok):.1f} & {max(ok):.1f}"
 
 
+STAR_NOTE = r" $^*$: the mean of the seeds that did not diverge."
+
+
+def _star_note(rows: list[str]) -> str:
+    r"""\def\StarNote for the table's caption: explains $^*$ when a cell carries one."""
+    used = any(r"$^*$" in row for row in rows)
+    return r"\def\StarNote{" + (STAR_NOTE if used else "") + "}"
+
+
 def _acc_header(n: int, lead: int) -> tuple[str, str]:
     """Column spec and header cells of the accuracy columns for ``n`` seeds, after ``lead``
     label columns (several seeds: a second header row names mean, min and max)."""
@@ -343,7 +352,7 @@ def _mlp_table(preset: str, store: Store) -> str:
             rows.append(r"\multicolumn{2}{@{}l}{\emph{low-dimensional feedback, $r = 10$}} \\")
         for label, kw in group:
             rows.append(f"{label} & {_acc_cells(mlp_figs.accuracies(store, preset, **kw), n)} \\\\")
-    rows += [r"\bottomrule", r"\end{tabular}"]
+    rows += [r"\bottomrule", r"\end{tabular}", _star_note(rows)]
     return "\n".join(rows) + "\n"
 
 
@@ -361,7 +370,7 @@ def _transfer_table(preset: str, store: Store) -> str:
         runs = [transfer.adapt(store, preset, s, method) for s in seeds]
         rows.append(f"{TRANSFER_LABELS.get(method, _tex(method))} & {kw['lr']:g} & {runs[0]['tuned']:,} & "
                     f"{_acc_cells([r['test_acc'] for r in runs], n)} \\\\")
-    rows += [r"\bottomrule", r"\end{tabular}"]
+    rows += [r"\bottomrule", r"\end{tabular}", _star_note(rows)]
     return "\n".join(rows) + "\n"
 
 

@@ -115,6 +115,8 @@ def test_paper_builds_without_overfull_boxes(tmp_path, monkeypatch, seeds):
     assert rf"{{\SeedsMlp}}{{{phrase}}}" in numbers
     assert (r"\newcommand{\AccFa}{diverged}" if len(seeds) == 1 else "(1 of 3 seeds diverged)}") in numbers
     assert r"{\VerifySummary}{seven of eight pass; saxe fails}" in numbers
+    star = paper.STAR_NOTE in (build / "generated" / "mlp_table.tex").read_text()
+    assert star == (len(seeds) > 1)  # the partly diverged mean is starred and the star explained
 
     proc = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "main.tex"],
                           cwd=build, capture_output=True, text=True, timeout=240)
