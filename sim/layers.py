@@ -13,8 +13,10 @@ from torch import nn
 
 from ..theory.errors import ConfigError
 from ..theory.rules import RuleSpec, resolve
+from .attention import replace_attention
 from .feedback import BP, FA, IMPLEMENTATIONS, KP, DirectContext, LowDim, Rule
 from .ops import BatchedLinearOps, ConvOps, LinearOps, angle
+from .probe import find_bypassed
 from .target_prop import TargetBlock, inverse_parameters
 
 IMPLEMENTATION_CHOICES = ("auto", "fast", "generic")
@@ -171,8 +173,12 @@ def _conv_input_sizes(model: nn.Module, input_shape) -> dict:
 def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule: str | None = None,
             q_rule: str | None = None, skip=("patch_embed",), rank_scale: dict | None = None,
             clip_rank: bool = False, seed: int = 0, direct: bool = False, input_shape=None,
-            implementation: str = "auto", **options) -> nn.Module:
+            implementation: str = "auto", example_input=None, **options) -> nn.Module:
     """Replace every nn.Linear and nn.Conv2d of ``model`` (in place) by a FeedbackLayer.
+
+    Every nn.MultiheadAttention is first swapped for a module computing the same function
+    whose projections are called as modules (sim/attention.py), so that its packed q/k/v
+    projection ``in_proj`` gets rank 3r and ``out_proj`` rank r like any other layer.
 
     rule: any name of ldfa.theory.rules.rule_names(), including rules registered at run time
       (they train through the generic path). Defaults: ldfa.theory.rules (docs/rules.md).
@@ -185,13 +191,18 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
       direct rules on conv layers need it to create their matrices here rather than at the
       first backward (one probe forward pass of a zero example).
     implementation: auto (fast path where one exists, else generic), fast, or generic.
+    example_input: if given (a batch, or a tuple of the model's positional inputs), one probe
+      forward and backward pass on a copy checks that every converted layer's backward runs;
+      a layer whose weight the model reads without calling it (it would silently train with
+      backprop) is a ConfigError naming it.
     options: the rule's options (ldfa.theory.rules: scaling for sign; mirror_batch, noise_std
       for wm; factor_init, lowrank_scale, svd_refresh, svd_momentum, mirror_batch for ld).
     Every matrix of the rule exists when convert returns. The weights and biases stay the
     same nn.Parameter objects.
     """
     spec = resolve(rule, p_rule, q_rule, direct, rank=rank, **options)
-    rank_scale = {"qkv": 3} if rank_scale is None else rank_scale
+    rank_scale = {"qkv": 3, "in_proj": 3} if rank_scale is None else rank_scale
+    replace_attention(model)
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, (nn.Linear, nn.Conv2d, BatchedLinear))
                and not any(name == s or name.endswith("." + s) for s in skip)]
@@ -236,6 +247,13 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
         new = FeedbackLayer(m.weight, m.bias, ops, layer_rule, generator, is_output, context,
                             input_numel=sizes.get(m))
         _set_submodule(model, name, new)
+    if example_input is not None:
+        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        bypassed = find_bypassed(model, *inputs, layer_type=FeedbackLayer)
+        if bypassed:
+            raise ConfigError(f"layers {', '.join(bypassed)}: the model reads their weights without calling "
+                              "them, so their feedback rule would never run; allowed: convert a model "
+                              "that calls its layers, or name them in skip=")
     return model
 
 

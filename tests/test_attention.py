@@ -119,3 +119,89 @@ def test_replace_attention_in_a_transformer_encoder():
     layer.eval(), ref.eval()
     with torch.no_grad():  # torch's inference fast path reads in_proj_weight: still the same function
         torch.testing.assert_close(layer(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+# -- convert on models built from nn.MultiheadAttention -------------------------------------
+
+class _EncoderBlock(nn.Module):
+    """The block of torchvision's vit_b_16: x + attn(ln(x)), then x + mlp(ln(x)), with
+    nn.MultiheadAttention(batch_first=True) called as self_attention(x, x, x, need_weights=False)."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.self_attention = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        x = x + self.self_attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class _TinyViT(nn.Module):
+    def __init__(self, width=16, heads=2, depth=2, classes=3):
+        super().__init__()
+        self.embed = nn.Linear(6, width)
+        self.layers = nn.Sequential(*[_EncoderBlock(width, heads) for _ in range(depth)])
+        self.heads = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.heads(self.layers(self.embed(x))[:, 0])
+
+
+def _error_ranks(model, x):
+    """{layer name: numerical rank of the error its backward sends down (rows: tokens)}."""
+    from ldfa.sim.layers import feedback_layers
+
+    errors = {}
+    for name, layer in feedback_layers(model):
+        layer.register_forward_pre_hook(
+            lambda m, args, name=name: args[0].register_hook(lambda g: errors.__setitem__(name, g))
+            and None)
+    model(x).square().sum().backward()
+    out = {}
+    for name, g in errors.items():
+        s = torch.linalg.svdvals(g.reshape(-1, g.shape[-1]).double())
+        out[name] = int((s > 1e-6 * s[0]).sum())
+    return out
+
+
+def test_convert_bottlenecks_every_attention_projection():
+    from ldfa.sim.layers import FeedbackLayer, convert
+
+    torch.manual_seed(0)
+    model = _TinyViT()
+    x = torch.randn(8, 5, 6, requires_grad=True)
+    r = 2
+    convert(model, "ldfa", rank=r, skip=("embed",), example_input=x)
+    for block in model.layers:
+        attn = block.self_attention
+        assert isinstance(attn, FeedbackReadyAttention)
+        assert isinstance(attn.in_proj, FeedbackLayer) and attn.in_proj.P.shape[0] == 3 * r
+        assert isinstance(attn.out_proj, FeedbackLayer) and attn.out_proj.P.shape[0] == r
+    ranks = _error_ranks(model, x)
+    for i in range(2):
+        assert ranks[f"layers.{i}.self_attention.in_proj"] <= 3 * r
+        assert ranks[f"layers.{i}.self_attention.out_proj"] <= r
+    # every rule matrix got a gradient from that backward
+    for name, p in model.named_parameters():
+        if name.endswith((".P", ".Q")):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_convert_refuses_a_layer_the_model_bypasses():
+    from ldfa.sim.layers import convert
+
+    class ReadsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.nn.functional.linear(self.a(x), self.b.weight, self.b.bias)
+
+    with pytest.raises(ConfigError, match="layers b: the model reads their weights"):
+        convert(ReadsWeight(), "fa", example_input=torch.randn(3, 4))
+    convert(ReadsWeight(), "fa", skip=("b",), example_input=torch.randn(3, 4))  # named in skip: fine
