@@ -129,3 +129,15 @@ def test_paper_builds_without_overfull_boxes(tmp_path, monkeypatch, seeds):
     assert "There were undefined references" not in log
     bbl = (build / "main.bbl").read_text()
     assert bbl.count(r"\bibitem") >= 15  # the bibliography is printed
+
+
+def test_every_figure_and_table_is_referenced():
+    tex = (PAPER / "main.tex").read_text()
+    labels = set(re.findall(r"\\label\{((?:fig|tab):[^}]+)\}", tex))
+    refs = set(re.findall(r"\\ref\{([^}]+)\}", tex))
+    assert labels and labels <= refs, f"not referenced: {sorted(labels - refs)}"
+    assert "seed(s)" not in tex and r"\bibliography{references}" in tex
+    keys = set(re.findall(r"@\w+\{([^,]+),", (PAPER / "references.bib").read_text()))
+    sources = tex + Path(paper.__file__).read_text()  # the generated tables cite too
+    cited = {k.strip() for group in re.findall(r"\\cite\w*\{([^}]+)\}", sources) for k in group.split(",")}
+    assert cited <= keys, f"cited but not in references.bib: {sorted(cited - keys)}"
