@@ -114,7 +114,7 @@ def _writable_file(flag: str, path) -> Path:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"{flag} {path}: a part of its folder {path.parent} is a file, not a folder") from None
+        raise ConfigError(f"{flag} {path}: part of its folder {path.parent} is a file") from None
     except OSError as err:
         raise ConfigError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
     return path

@@ -1,5 +1,6 @@
-"""Issue 8 (in progress): checkpoints resume bit-identically; NaN stops a run cleanly;
-corrupt checkpoints and data files are one-line errors."""
+"""Checkpoints resume bit-identically for every rule family, and the log then holds each row
+once; NaN stops a run cleanly with a strict-JSON log; corrupt checkpoints and data files are
+one-line errors."""
 
 import gzip
 import json
@@ -17,17 +18,19 @@ SMALL = dict(model="mlp", hidden=(16,), data="linear-teacher", steps=24, batch_s
              optimizer="adam", lr=1e-2, train_subset=512)
 
 
-@pytest.mark.parametrize("rule_kw", [dict(rule="ld", rank=3, p_rule="oja", q_rule="kp"),
-                                     dict(rule="dfa"), dict(rule="wm"),
-                                     dict(rule="ld", rank=2, p_rule="svd", q_rule="aligned")])
+@pytest.mark.parametrize("rule_kw", [dict(rule="bp"), dict(rule="fa"), dict(rule="dfa"), dict(rule="kp"),
+                                     dict(rule="wm"), dict(rule="ld", rank=3, p_rule="oja", q_rule="kp"),
+                                     dict(rule="ld", rank=2, p_rule="svd", q_rule="aligned"),
+                                     dict(rule="ldfa", rank=3)])
 def test_resume_is_bit_identical(tmp_path, monkeypatch, rule_kw):
     cfg = TrainConfig(**SMALL, **rule_kw)
-    straight = train(cfg, progress=False)["model"].state_dict()
-    ckpt = tmp_path / "run.pt"
+    straight_log = tmp_path / "straight.jsonl"
+    straight = train(cfg, progress=False, log_path=straight_log)["model"].state_dict()
+    ckpt, log = tmp_path / "run.pt", tmp_path / "run.jsonl"
     calls = {"n": 0}
     original = training.loss_fn
 
-    def crashing(out, y):  # the process "dies" in step 15
+    def crashing(out, y):  # the process "dies" in step 15, after logging step 12
         calls["n"] += 1
         if calls["n"] == 15:
             raise KeyboardInterrupt
@@ -35,13 +38,19 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, rule_kw):
 
     monkeypatch.setattr(training, "loss_fn", crashing)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5)
+        train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5, log_path=log)
     monkeypatch.setattr(training, "loss_fn", original)
-    assert torch.load(ckpt, weights_only=False)["step"] == 10
-    resumed = train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5)
+    assert training.read_checkpoint(ckpt)["step"] == 10
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [4, 8, 12]
+    resumed = train(cfg, progress=False, checkpoint=ckpt, checkpoint_every=5, log_path=log)
     for k, v in straight.items():
         assert torch.equal(resumed["model"].state_dict()[k], v), k
     assert [h["step"] for h in resumed["history"]] == [4, 8, 12, 16, 20, 24]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24]  # step 12 once: cut back, then logged again
+    same = [json.loads(line) for line in straight_log.read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in rows] == \
+        [{k: v for k, v in r.items() if k != "time"} for r in same]
 
 
 def test_nan_stops_the_run_and_keeps_the_log(tmp_path):
@@ -49,8 +58,12 @@ def test_nan_stops_the_run_and_keeps_the_log(tmp_path):
     log = tmp_path / "log.jsonl"
     with pytest.raises(TrainingDiverged, match="loss became .* at step"):
         train(cfg, log_path=log, progress=False)
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    def strict(token):
+        raise ValueError(f"non-standard JSON {token}")
+
+    rows = [json.loads(line, parse_constant=strict) for line in log.read_text().splitlines()]
     assert rows[-1]["status"] == "diverged" and len(rows) >= 2
+    assert rows[-1]["loss"] in ("nan", "inf", "-inf")
     assert all(r["step"] == i + 1 for i, r in enumerate(rows))
 
 
