@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adam", help="sgd, adam, adamw")
     p.add_argument("--lr", type=POSITIVE, default=1e-3)
     p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0)
-    p.add_argument("--fb-lr", type=POSITIVE, help="learning rate of B, P, Q (default: --lr)")
+    p.add_argument("--fb-lr", type=POSITIVE, help="learning rate of B, P, Q (default: 10 x --lr for ld rules "
+                   "with a lowrank factor under adam/adamw, else --lr)")
     p.add_argument("--clamp", type=POSITIVE, help="clamp every gradient elementwise to ±value")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N")

@@ -133,7 +133,24 @@ class TrainConfig:
             opts["factor_init"] = self.factor_init
         return opts
 
+    def factor_lr(self) -> float:
+        """The learning rate of the rules' own matrices: ``fb_lr`` if set; else, under Adam or
+        AdamW, FACTOR_LR_SCALE·lr for ld rules with a lowrank factor (P, Q descending
+        ½‖QP − Wᵀ‖² must move faster than W to track it, as in the authors' separate factor
+        optimizer; at the same lr the conv net's ldfa feedback lags W and training diverges,
+        see docs/simulation.md); else lr."""
+        if self.fb_lr is not None:
+            return self.fb_lr
+        if self.optimizer in ("adam", "adamw") and self.rule not in TP_RULES:
+            opts = self.rule_options()
+            spec = resolve(self.rule, opts.pop("p_rule"), opts.pop("q_rule"), opts.pop("direct", False),
+                           check_rank=False, **{k: v for k, v in opts.items() if k not in ("seed", "rank")})
+            if "lowrank" in (spec.options.get("p_rule"), spec.options.get("q_rule")):
+                return FACTOR_LR_SCALE * self.lr
+        return self.lr
 
+
+FACTOR_LR_SCALE = 10.0       # lowrank factors under Adam: lr of P, Q = 10 × lr of W (TrainConfig.factor_lr)
 MAX_SEED = 2**63 - 1          # torch.manual_seed takes a 64-bit integer
 MAX_WIDTH = 1 << 16           # widest layer, and largest rank
 MAX_COUNT = 10**9             # steps, samples, logging intervals
@@ -376,7 +393,7 @@ def make_optimizer(cfg: TrainConfig, model):
     fb = feedback_parameters(model)
     groups = [dict(params=forward_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)]
     if fb:
-        groups.append(dict(params=fb, lr=cfg.fb_lr or cfg.lr,
+        groups.append(dict(params=fb, lr=cfg.factor_lr(),
                            weight_decay=cfg.weight_decay if cfg.fb_weight_decay is None
                            else cfg.fb_weight_decay))
     if cfg.optimizer == "sgd":
