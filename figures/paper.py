@@ -395,7 +395,8 @@ def generate(preset: str = "quick", store: Store | str | None = None, out="paper
 
     step(0)
     if report is None:
-        report = verify.run(quick=preset != "full", out=verify_out, progress=None)
+        report = verify.run(quick=preset != "full", out=verify_out,
+                            progress=(lambda row: progress(f"      {row}")) if progress else None)
     makers = [_equations, lambda: _numbers(preset, store, report), lambda: _verify_table(report),
               lambda: _mlp_table(preset, store), lambda: _transfer_table(preset, store)]
     names = ["equations.tex", "numbers.tex", "verify_table.tex", "mlp_table.tex", "transfer_table.tex"]
@@ -405,4 +406,6 @@ def generate(preset: str = "quick", store: Store | str | None = None, out="paper
         text = make()
         (out / name).write_text(text)
         paths.append(out / name)
+    if progress:
+        progress(f"results store {store.root}: {store.hits} cached, {store.misses} computed")
     return paths
