@@ -305,7 +305,7 @@ def cmd_train(args) -> None:
         q_rule=args.q_rule, direct=args.direct, scaling=args.scaling, factor_init=args.factor_init,
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
-        clip_rank=args.clip_rank, inverse_iters=args.inverse_iters, tp_beta=args.tp_beta,
+        clip_rank=args.clip_rank, strict=args.strict, inverse_iters=args.inverse_iters, tp_beta=args.tp_beta,
         tp_noise=args.tp_noise, tp_normalize=args.tp_normalize,
         classes=_int_list("--classes", args.classes) if args.classes else None,
         transfer=args.transfer, backbone=args.backbone,
@@ -505,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="direct variant (ld)")
     p.add_argument("--clip-rank", action="store_true",
                    help="cut r to each layer's min(n_in, n_out) instead of failing")
+    p.add_argument("--strict", action="store_true",
+                   help="strict bottleneck: the error crossing every block boundary (skip paths included) "
+                        "is squeezed to r numbers per token/position (vit, resnet)")
     p.add_argument("--scaling", default="usf", help="sign rule scaling: usf, brsf, frsf")
     p.add_argument("--factor-init", help="how ld's factors P, Q start: random or svd (default: the "
                                          "rule's; ldfa, ldfa-local: svd)")

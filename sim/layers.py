@@ -17,6 +17,7 @@ from .attention import replace_attention
 from .feedback import BP, FA, IMPLEMENTATIONS, KP, DirectContext, LowDim, Rule
 from .ops import BatchedLinearOps, ConvOps, LinearOps, angle
 from .probe import find_bypassed
+from .strict import ErrorBoundary
 from .target_prop import TargetBlock, inverse_parameters
 
 IMPLEMENTATION_CHOICES = ("auto", "fast", "generic")
@@ -272,7 +273,8 @@ def feedback_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The rules' own learned matrices (B, P, Q; target propagation's inverses V, c), for their
     own optimizer settings."""
     return [getattr(m, name) for _, m in feedback_layers(model) if isinstance(m, FeedbackLayer)
-            for name in m.rule.learned] + inverse_parameters(model)
+            for name in m.rule.learned] + inverse_parameters(model) + [
+        m.P for m in model.modules() if isinstance(m, ErrorBoundary) and isinstance(m.P, nn.Parameter)]
 
 
 def forward_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -22,6 +22,7 @@ from ..theory.trajectory import atomic_write
 from . import data as datasets
 from . import models
 from .layers import convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
+from .strict import add_strict_bottleneck
 from .target_prop import TP_DEFAULTS, TP_RULES, TargetProp, TargetPropMLP
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -54,6 +55,7 @@ class TrainConfig:
     fb_weight_decay: float | None = None
     clamp: float | None = None
     clip_rank: bool = False
+    strict: bool = False  # strict bottleneck: rank-r error boundaries at every block input (sim/strict.py)
     inverse_iters: int | None = None
     tp_beta: float | None = None
     tp_noise: float = 0.1
@@ -115,6 +117,9 @@ class TrainConfig:
             resolve(self.rule, opts.pop("p_rule"), opts.pop("q_rule"), opts.pop("direct", False),
                     rank=opts.pop("rank"), **{k: v for k, v in opts.items() if k != "seed"})
         _check_device(self.device)
+        if self.strict and (self.model not in ("vit", "resnet") or self.rank is None):
+            raise ConfigError(f"strict=True needs a model with residual blocks (vit, resnet) and a rank r; "
+                              f"got model {self.model!r}, rank {self.rank!r}")
 
     def target_prop(self) -> TargetProp:
         """The dtp / ddtp settings (defaults per rule in target_prop.TP_DEFAULTS)."""
@@ -163,7 +168,7 @@ DATA_SHAPES = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
                "linear-teacher": ((100,), 10), "random-teacher": ((100,), 10)}
 _STRINGS = ("model", "data", "rule", "scaling", "optimizer", "device")
 _OPTIONAL_STRINGS = ("data_root", "p_rule", "q_rule", "factor_init", "transfer", "backbone")
-_BOOLS = ("direct", "clip_rank", "tp_normalize")
+_BOOLS = ("direct", "clip_rank", "tp_normalize", "strict")
 _INTS = {"rank": (1, MAX_WIDTH), "steps": (1, MAX_COUNT), "batch_size": (1, MAX_COUNT),
          "inverse_iters": (1, 1000), "seed": (0, MAX_SEED), "log_every": (1, MAX_COUNT),
          "train_subset": (1, MAX_COUNT), "test_subset": (1, MAX_COUNT)}
@@ -247,7 +252,8 @@ def check_model(cfg: TrainConfig) -> int:
     if cfg.model in ("linear", "mlp"):
         kw.setdefault("hidden", list(cfg.hidden))
     key = json.dumps([cfg.model, cfg.data, cfg.classes and len(cfg.classes), kw, cfg.rule, cfg.rank,
-                      cfg.p_rule, cfg.q_rule, cfg.direct, cfg.clip_rank, cfg.scaling, cfg.factor_init],
+                      cfg.p_rule, cfg.q_rule, cfg.direct, cfg.clip_rank, cfg.scaling, cfg.factor_init,
+                      cfg.strict],
                      default=str)
     if key not in _CHECKED:
         _CHECKED[key] = _check_network(cfg)
@@ -283,6 +289,8 @@ def _network(cfg: TrainConfig, input_shape, classes: int, kw: dict):
     if cfg.rule in TP_RULES:
         return TargetPropMLP(model, cfg.target_prop())
     convert(model, cfg.rule, clip_rank=cfg.clip_rank, input_shape=tuple(input_shape), **cfg.rule_options())
+    if cfg.strict:
+        add_strict_bottleneck(model, cfg.rank, seed=cfg.seed)
     return model
 
 
