@@ -33,8 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
+def _env(**extra) -> dict:
+    """The environment without what a calling make (e.g. `make test PIP_FLAGS=...` in CI) passes on."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PIP_FLAGS", "VENV", "PYTHON"}}
+    return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
+
+
 def _make(*args, env=None, check=True):
-    return subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", *args], env=env,
+    return subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", *args], env=env or _env(),
                           capture_output=True, text=True, check=check, timeout=600)
 
 
@@ -77,8 +84,7 @@ def _would_install(report: Path) -> dict:
 
 def test_an_installed_torch_is_kept(tmp_path):
     venv = tmp_path / "venv"
-    base = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    base.pop("MAKEFLAGS", None)
+    base = _env()
     # the Makefile's own recipe creates the venv (with --system-site-packages)
     _make(f"VENV={venv}", f"PYTHON={sys.executable}", str(venv / "bin" / "python"), env=base)
     cfg = (venv / "pyvenv.cfg").read_text()
