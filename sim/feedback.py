@@ -336,10 +336,13 @@ class DirectContext:
 
 
 def _to_input_shape(signal, x):
-    """(batch x n) direct signal -> x's shape: conv inputs are flattened per example;
-    token inputs (batch x tokens x n) get the same signal at every token."""
+    """(batch x n) direct signal -> x's shape: conv inputs are flattened per example (n = C·H·W),
+    or get the same C-channel signal at every position (n = C); token inputs (batch x tokens x n)
+    get the same signal at every token."""
     if signal.shape[-1] == x[0].numel():
         return signal.reshape(x.shape)
+    if x.dim() == 4 and signal.shape[-1] == x.shape[1]:
+        return signal.reshape(*signal.shape, 1, 1).expand(x.shape)
     return signal.reshape(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1]).expand(x.shape)
 
 
@@ -347,8 +350,14 @@ def direct_width(layer) -> int | None:
     """n, the width of the direct signal a layer sends down: in_features for a linear layer,
     the per-example input size C_in·H·W for conv (None while unknown: convert(input_shape=...))."""
     if layer.ops.kind == "conv":
-        return layer.input_numel
+        return layer.weight.shape[1] if conv_feedback(layer) == "channel" else layer.input_numel
     return layer.weight.shape[-1]
+
+
+def conv_feedback(layer) -> str:
+    """How a direct rule reaches a conv layer: "channel" (one d x C_in matrix, its signal the same
+    at every position: memory independent of the image size) or "full" (d x C_in·H·W)."""
+    return getattr(layer.rule, "conv_feedback", "full")
 
 
 def direct_matrix(layer, name: str, rows: int, x=None) -> torch.Tensor:
@@ -357,7 +366,9 @@ def direct_matrix(layer, name: str, rows: int, x=None) -> torch.Tensor:
     input_shape), then kept as a buffer."""
     M = getattr(layer, name, None)
     if M is None:
-        n = direct_width(layer) if x is None else (x[0].numel() if layer.ops.kind == "conv" else x.shape[-1])
+        n = direct_width(layer) if x is None else (x.shape[-1] if layer.ops.kind != "conv" else
+                                                   x.shape[1] if conv_feedback(layer) == "channel"
+                                                   else x[0].numel())
         if n is None:
             return None
         gen = torch.Generator().manual_seed(layer.generator_seed)
@@ -373,8 +384,8 @@ class DFA(Rule):
     name = "dfa"
     direct = True
 
-    def __init__(self, out_features: int):
-        self.out_features = out_features
+    def __init__(self, out_features: int, conv_feedback: str = "channel"):
+        self.out_features, self.conv_feedback = out_features, conv_feedback
 
     def setup(self, layer, generator):
         layer.generator_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
@@ -397,8 +408,8 @@ class DFA(Rule):
 class DirectLowDim(DFA):
     """Direct ld: z = P e once (P: r x d, on the output layer), every layer gets Q_lᵀ z."""
 
-    def __init__(self, out_features: int, rank: int, p_rule: str = "oja"):
-        super().__init__(out_features)
+    def __init__(self, out_features: int, rank: int, p_rule: str = "oja", conv_feedback: str = "channel"):
+        super().__init__(out_features, conv_feedback)
         self.rank, self.p_rule = rank, p_rule
         self.name = f"ld-direct[{p_rule}] r={rank}"
 
@@ -435,7 +446,7 @@ implements("kp")(lambda spec, out_features: KP())
 implements("wm")(lambda spec, out_features: WeightMirror(spec.options["mirror_batch"],
                                                           spec.options["noise_std"]))
 implements("sign")(lambda spec, out_features: Sign(spec.options["scaling"]))
-implements("dfa")(lambda spec, out_features: DFA(out_features))
+implements("dfa")(lambda spec, out_features: DFA(out_features, spec.options["conv_feedback"]))
 
 
 @implements("ld")
@@ -443,6 +454,6 @@ def _ld(spec: RuleSpec, out_features: int):
     o = spec.options
     if spec.direct:
         if o["p_rule"] in ("fixed", "oja") and o["q_rule"] == "fixed":
-            return DirectLowDim(out_features, spec.rank, o["p_rule"])
+            return DirectLowDim(out_features, spec.rank, o["p_rule"], o["conv_feedback"])
         return None  # other direct factor rules: the generic path
     return LowDim(spec.rank, **{k: o[k] for k in LD_DEFAULTS})

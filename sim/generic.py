@@ -48,6 +48,7 @@ from .feedback import (
     _orthonormal_rows,
     _to_input_shape,
     direct_matrix,
+    direct_width,
     init_factors,
     lowrank_factor,
     top_subspace,
@@ -116,6 +117,7 @@ class GenericRule(Rule):
         self.out_features = out_features
         self.rank = spec.rank
         self.direct = spec.direct
+        self.conv_feedback = spec.options.get("conv_feedback", "full")
         self.name = f"{spec.name} (generic)" + (f" r={spec.rank}" if spec.rank else "")
         if self.theory.feedback is None:
             raise ConfigError(f"rule {spec.name!r} has no expressions to evaluate ({self.theory.no_theory}); "
@@ -140,9 +142,7 @@ class GenericRule(Rule):
         return n_out, n_in
 
     def _direct_width(self, layer):
-        if layer.ops.kind == "conv":
-            return layer.input_numel
-        return layer.weight.shape[-1]
+        return direct_width(layer)
 
     def _stored_shape(self, layer, spec) -> tuple:
         W, ops = layer.weight, layer.ops

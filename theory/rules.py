@@ -211,6 +211,9 @@ Q_RULES = {
 FACTOR_INITS = ("random", "svd")  # how P and Q start: random, or the truncated SVD of W
 SIGN_SCALINGS = ("usf", "brsf", "frsf")
 LOWRANK_SCALES = ("auto", True, False)
+# direct rules on conv layers: "channel" sends one (d x C_in) matrix's signal to every position
+# (memory independent of the image size); "full" a (d x C_in·H·W) matrix (Nøkland's DFA)
+CONV_FEEDBACKS = ("channel", "full")
 
 # Options every ld rule takes, with their defaults (the simulation's implementation
 # conventions are here too, so that `--help` and the docs read them from one place).
@@ -224,7 +227,7 @@ LD_DEFAULTS = {
     "mirror_batch": 32,  # mirror q_rule: noise examples per step
 }
 # Direct ld sends z = P e to every layer: Q cannot follow kp there (no weight above).
-LD_DIRECT_DEFAULTS = {**LD_DEFAULTS, "q_rule": "fixed"}
+LD_DIRECT_DEFAULTS = {**LD_DEFAULTS, "q_rule": "fixed", "conv_feedback": "channel"}
 
 PRESETS = {  # the published configurations by name
     "ldfa": {"p_rule": "lowrank", "q_rule": "lowrank", "factor_init": "svd"},
@@ -234,7 +237,7 @@ PRESETS = {  # the published configurations by name
 
 # Options of the rules that are not ld, with their defaults.
 RULE_DEFAULTS = {
-    "bp": {}, "fa": {}, "kp": {}, "dfa": {},
+    "bp": {}, "fa": {}, "kp": {}, "dfa": {"conv_feedback": "channel"},
     "wm": {"mirror_batch": 32, "noise_std": 1.0},
     "sign": {"scaling": "usf"},
 }
@@ -368,9 +371,9 @@ def resolve(name: str, p_rule: str | None = None, q_rule: str | None = None, dir
     if direct not in (True, False):
         raise ConfigError(f"direct={direct!r}: must be True or False")
     unknown_opts = [k for k in options if options[k] is not None
-                    and k not in (LD_DEFAULTS if is_ld(name) else defaults(name))]
+                    and k not in defaults(name, direct)]
     if unknown_opts:
-        allowed = ", ".join(LD_DEFAULTS if is_ld(name) else defaults(name)) or "none"
+        allowed = ", ".join(defaults(name, direct)) or "none"
         raise ConfigError(f"{unknown_opts[0]}={options[unknown_opts[0]]!r}: not an option of rule "
                           f"{name!r}; its options: {allowed}")
     if is_ld(name):
@@ -404,6 +407,8 @@ def resolve(name: str, p_rule: str | None = None, q_rule: str | None = None, dir
         base = name
         if name == "sign" and opts["scaling"] not in SIGN_SCALINGS:
             raise ConfigError(f"unknown scaling {opts['scaling']!r}; allowed: {', '.join(SIGN_SCALINGS)}")
+    if "conv_feedback" in opts and opts["conv_feedback"] not in CONV_FEEDBACKS:
+        raise ConfigError(f"conv_feedback={opts['conv_feedback']!r}; allowed: {', '.join(CONV_FEEDBACKS)}")
     if check_rank:
         if rule.uses_rank:
             if rank is None:
