@@ -4,9 +4,11 @@ The theory (:mod:`ldfa.theory.teacher_student`) is exact as N → ∞; a simulat
 differs from it by fluctuations of order 1/√N (one sample per step, finite-N overlaps) and a
 bias of order 1/N. Every tolerance below is therefore measured, not chosen: for S seeds the
 seed-mean of d(t) = ε_sim(t) − ε_ode(t) (the ODE integrated from each seed's own initial
-overlaps) should be zero within its standard error, and a check passes when
+overlaps) should be zero within its standard error. With the relative deviation
+ρ_s(t) = d_s(t) / ε_ode,s(t) (so that late, small errors count as much as early ones), a
+check passes when
 
-    max_t |mean_s d(t)|  <=  4 · max_t std_s d(t) / √S,
+    max_t |mean_s ρ(t)|  <=  4 · max_t std_s ρ(t) / √S,
 
 i.e. the mean deviation stays within four standard errors of the per-seed scatter at the
 worst time. The ``ts-scaling`` check measures that scatter at two N to show it falls as 1/√N.
@@ -32,9 +34,12 @@ def _ode_eps(setup, run: sim.SimRun) -> np.ndarray:
                      for i in run.inits])
 
 
-def _compare(name, quantity, t, eps_sim, eps_ode, seconds=0.0, extra=None) -> Result:
-    """Result of a seed-averaged ε_g comparison with the measured-fluctuation tolerance."""
-    d = eps_sim - eps_ode
+def _compare(name, quantity, t, eps_sim, eps_ode, seconds=0.0, extra=None, relative=None) -> Result:
+    """Result of a seed-averaged comparison with the measured-fluctuation tolerance.
+
+    The deviation is taken of ``relative`` (S, T) when given, else of eps_sim − eps_ode.
+    """
+    d = eps_sim - eps_ode if relative is None else relative
     S = len(d)
     dev = float(np.max(np.abs(d.mean(0))))
     tol = float(Z_TOL * np.max(d.std(0, ddof=1)) / np.sqrt(S))
@@ -80,7 +85,9 @@ def _rule_check(key):
     def check(quick=True) -> Result:
         t0 = time.perf_counter()
         s, run, eps_sim, eps_ode, cost = _rule_runs(quick)[key]
-        res = _compare(f"ts-{key}", f"ε_g(t), N={run.N}, {len(run.inits)} seeds", run.t, eps_sim, eps_ode)
+        rel = (eps_sim - eps_ode) / eps_ode
+        res = _compare(f"ts-{key}", f"(ε_sim−ε_ode)/ε_ode, N={run.N}, {len(run.inits)} seeds", run.t,
+                       eps_sim, eps_ode, relative=rel)
         res.seconds = max(cost, time.perf_counter() - t0)
         return res
     check.__doc__ = f"ODE vs online SGD for {key}: seed-mean ε_g deviation within {Z_TOL} standard errors."
@@ -90,29 +97,32 @@ def _rule_check(key):
 # -- the 1/√N scaling of the fluctuations -------------------------------------------------------
 
 def check_scaling(quick=True) -> Result:
-    """rms over seeds and time of ε_sim − ε_ode at N and 4N for bp: the ratio should be 2 (1/√N).
+    """Seed scatter of ε_sim − ε_ode for bp at N and 4N: it should halve (1/√N).
 
-    The rms is estimated from S seeds × T times; its relative error is about 1/√(2 S T_eff)
-    with T_eff ≈ T/3 correlated times, so the measured ratio is accepted within 30 %.
+    The scatter is the standard deviation over S seeds, pooled over the T recorded times
+    (a seed poses the same problem, v* and v, at every N; only w*, w and the inputs change).
+    Its relative error is about 1/√(2 (S − 1) T_eff) with T_eff ≈ T/3 correlated times
+    (about 15 % for S = 8, T = 12), so the ratio of two such estimates has about 20 %
+    relative error; it is accepted within 30 %.
     """
     t0 = time.perf_counter()
     Ns = (250, 1000) if quick else (500, 2000)
-    seeds = range(6) if quick else range(10)
-    t = np.linspace(0, 10, 11)
+    seeds = range(8) if quick else range(12)
+    t = np.linspace(0, 6, 13)
     s = ts.Setup(K=2, M=2, D=2, rule="bp")
-    rms = []
+    scatter = []
     for N in Ns:
         run = sim.simulate(s, N, seeds, t)
         d = run.eps() - _ode_eps(s, run)
-        rms.append(float(np.sqrt(np.mean(d[:, 1:] ** 2))))
-    ratio = rms[0] / rms[1]
-    expected = np.sqrt(Ns[1] / Ns[0])
+        scatter.append(float(np.sqrt(np.mean(d[:, 1:].var(0, ddof=1)))))
+    ratio = scatter[0] / scatter[1]
+    expected = float(np.sqrt(Ns[1] / Ns[0]))
     dev = abs(ratio - expected) / expected
-    return Result("ts-scaling", f"rms(ε_sim−ε_ode) N={Ns[0]} / N={Ns[1]}", float(expected), ratio, dev, 0.3,
+    return Result("ts-scaling", f"std(ε_sim−ε_ode) N={Ns[0]} / N={Ns[1]}", expected, ratio, dev, 0.3,
                   bool(dev <= 0.3), time.perf_counter() - t0,
-                  {"t": np.array(Ns, float), "sim": np.array(rms)[:, None],
-                   "theory": (rms[1] * np.sqrt(Ns[1] / np.array(Ns, float)))[:, None],
-                   "xlabel": "N", "ylabel": "rms deviation"})
+                  {"t": np.array(Ns, float), "sim": np.array(scatter)[:, None],
+                   "theory": (scatter[1] * np.sqrt(Ns[1] / np.array(Ns, float)))[:, None],
+                   "xlabel": "N", "ylabel": "seed scatter of the deviation"})
 
 
 # -- the closed-form Gaussian averages ----------------------------------------------------------

@@ -80,10 +80,7 @@ def initial_weights(setup: Setup, N: int, seed: int, init: Init = Init()) -> dic
     """One seed's starting weights: w, wstar (N columns), v, vstar and the rule's matrices."""
     rng = np.random.default_rng([seed, 0])
     K, M, D = setup.K, setup.M, setup.D
-    wstar = rng.standard_normal((M, N))
-    if init.teacher == "orthonormal":
-        wstar = np.linalg.qr(wstar.T)[0].T * np.sqrt(N)
-    w = init.sigma_w * rng.standard_normal((K, N))
+    # the N-independent draws first, so a seed poses the same problem at every N
     vstar = np.ones((D, M)) if init.vstar == "ones" else rng.standard_normal((D, M))
     v = np.ones((D, K)) if init.v == "ones" else init.sigma_v * rng.standard_normal((D, K))
     mats = {}
@@ -96,6 +93,11 @@ def initial_weights(setup: Setup, N: int, seed: int, init: Init = Init()) -> dic
             mats["P"] = rng.standard_normal((setup.rank, D)) / np.sqrt(D)
         else:
             mats["Q"] = rng.standard_normal((K, setup.rank)) / np.sqrt(setup.rank)
+    rng = np.random.default_rng([seed, 2])  # first-layer weights: their own stream
+    wstar = rng.standard_normal((M, N))
+    if init.teacher == "orthonormal":
+        wstar = np.linalg.qr(wstar.T)[0].T * np.sqrt(N)
+    w = init.sigma_w * rng.standard_normal((K, N))
     return {"w": w, "wstar": wstar, "v": v, "vstar": vstar, "mats": mats}
 
 
