@@ -305,7 +305,8 @@ def cmd_train(args) -> None:
         q_rule=args.q_rule, direct=args.direct, scaling=args.scaling, factor_init=args.factor_init,
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, fb_lr=args.fb_lr, clamp=args.clamp,
-        clip_rank=args.clip_rank, strict=args.strict, inverse_iters=args.inverse_iters, tp_beta=args.tp_beta,
+        clip_rank=args.clip_rank, strict=args.strict, svd_reinit=args.svd_reinit,
+        inverse_iters=args.inverse_iters, tp_beta=args.tp_beta,
         tp_noise=args.tp_noise, tp_normalize=args.tp_normalize,
         classes=_int_list("--classes", args.classes) if args.classes else None,
         transfer=args.transfer, backbone=args.backbone,
@@ -344,6 +345,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_verify(args) -> int:
+    if args.rule:
+        return _verify_rule(args)
+    if args.p_rule or args.q_rule or args.rank is not None or args.direct or args.rule_file:
+        raise ConfigError("--p-rule/--q-rule/--rank/--direct/--rule-file go with --rule NAME")
     from ldfa.figures import verify
 
     if args.only:
@@ -353,11 +358,25 @@ def cmd_verify(args) -> int:
     out = _out_dir(args.out)
     t0 = time.perf_counter()
     print(verify.HEADER)
-    results = verify.run(args.only, quick=args.quick, out=out)
+    results = verify.run(args.only, quick=args.quick, out=out, bar=not args.no_progress)
     failed = [r.name for r in results if not r.passed]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed in "
           f"{time.perf_counter() - t0:.1f} s; report {out / 'report.json'}, plots verify_*.png")
     return 1 if failed else 0
+
+
+def _verify_rule(args) -> int:
+    """`ldfa verify --rule NAME`: the rule's ODE against its simulation (ldfa.bridge.verify_rule)."""
+    from ldfa.bridge import verify_rule
+
+    load_rule_file(args.rule_file)
+    if args.only:
+        raise ConfigError("--only selects predictions; it does not go with --rule")
+    t0 = time.perf_counter()
+    res = verify_rule(args.rule, p_rule=args.p_rule, q_rule=args.q_rule, rank=args.rank, direct=args.direct,
+                      layers=args.layers, eta=args.eta, implementation=args.implementation)
+    print(res.summary() + f" ({time.perf_counter() - t0:.1f} s)")
+    return 0 if res.passed else 1
 
 
 def cmd_paper(args) -> None:
@@ -505,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direct", action="store_true", help="direct variant (ld)")
     p.add_argument("--clip-rank", action="store_true",
                    help="cut r to each layer's min(n_in, n_out) instead of failing")
+    p.add_argument("--svd-reinit", type=POSITIVE, metavar="EPOCHS",
+                   help="ld: re-initialise P, Q from the SVD of W every EPOCHS epochs (e.g. 0.5), "
+                        "optimizer state kept")
     p.add_argument("--strict", action="store_true",
                    help="strict bottleneck: the error crossing every block boundary (skip paths included) "
                         "is squeezed to r numbers per token/position (vit, resnet)")
@@ -547,8 +569,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics log format (JSON lines are also written as training runs)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("verify", help="check every analytic prediction against simulation")
+    p = sub.add_parser("verify", help="check every analytic prediction against simulation, or one "
+                                      "rule's ODE against its simulation (--rule)")
     p.add_argument("--only", nargs="+", help="prediction names (default: all)")
+    p.add_argument("--rule", help="check this rule instead: its matrix ODE against the simulated linear net "
+                                  "from identical initial matrices (" + _rule_help() + ")")
+    _factor_flags(p)
+    p.add_argument("--rank", type=int, help="feedback rank r (with --rule; rules with a bottleneck)")
+    p.add_argument("--direct", action="store_true", help="direct variant (with --rule)")
+    p.add_argument("--layers", type=int, default=2, help="weight layers L (with --rule; default 2)")
+    p.add_argument("--eta", type=float, default=0.01, help="time step of the simulation (with --rule)")
+    p.add_argument("--implementation", default="auto", help="auto, fast or generic (with --rule)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quick", action="store_true", help="larger steps, smaller data (minutes on a CPU)")
     p.add_argument("--out", default="runs/verify", help="folder for report.json and plots")
     p.add_argument("--threads", type=THREADS, help="torch CPU threads")

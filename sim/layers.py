@@ -14,7 +14,7 @@ from torch import nn
 from ..theory.errors import ConfigError
 from ..theory.rules import RuleSpec, resolve
 from .attention import replace_attention
-from .feedback import BP, FA, IMPLEMENTATIONS, KP, DirectContext, LowDim, Rule
+from .feedback import BP, FA, IMPLEMENTATIONS, KP, DirectContext, LowDim, Rule, svd_factors
 from .ops import BatchedLinearOps, ConvOps, LinearOps, angle
 from .probe import find_bypassed
 from .strict import ErrorBoundary
@@ -275,6 +275,23 @@ def feedback_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [getattr(m, name) for _, m in feedback_layers(model) if isinstance(m, FeedbackLayer)
             for name in m.rule.learned] + inverse_parameters(model) + [
         m.P for m in model.modules() if isinstance(m, ErrorBoundary) and isinstance(m.P, nn.Parameter)]
+
+
+@torch.no_grad()
+def refresh_factors(model: nn.Module) -> int:
+    """Re-initialise every layerwise ld layer's stored P and Q_w from the truncated SVD of its
+    current weight, W_f ≈ A S Cᵀ: P = √S Aᵀ, Q_w = √S Cᵀ (the authors' periodic re-initialisation;
+    the tensors are overwritten in place, so an optimizer's state for them is kept). Layers whose
+    Q is aligned (computed from W) refresh P only. Returns the number of layers refreshed."""
+    count = 0
+    for _, m in feedback_layers(model):
+        if isinstance(m, FeedbackLayer) and isinstance(m.rule, LowDim) and getattr(m, "P", None) is not None:
+            P, Qw = svd_factors(m.weight, m.P.shape[-2], m.ops)
+            m.P.copy_(P)
+            if isinstance(getattr(m, "Q", None), torch.Tensor):
+                m.Q.copy_(Qw)
+            count += 1
+    return count
 
 
 def forward_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -21,7 +21,14 @@ from ..theory.rules import resolve, rule_names
 from ..theory.trajectory import atomic_write
 from . import data as datasets
 from . import models
-from .layers import convert, feedback_layers, feedback_parameters, forward_parameters, set_tracking
+from .layers import (
+    convert,
+    feedback_layers,
+    feedback_parameters,
+    forward_parameters,
+    refresh_factors,
+    set_tracking,
+)
 from .strict import add_strict_bottleneck
 from .target_prop import TP_DEFAULTS, TP_RULES, TargetProp, TargetPropMLP
 
@@ -55,6 +62,7 @@ class TrainConfig:
     fb_weight_decay: float | None = None
     clamp: float | None = None
     clip_rank: bool = False
+    svd_reinit: float | None = None  # ld: P, Q from the SVD of W every this many epochs
     strict: bool = False  # strict bottleneck: rank-r error boundaries at every block input (sim/strict.py)
     inverse_iters: int | None = None
     tp_beta: float | None = None
@@ -117,6 +125,13 @@ class TrainConfig:
             resolve(self.rule, opts.pop("p_rule"), opts.pop("q_rule"), opts.pop("direct", False),
                     rank=opts.pop("rank"), **{k: v for k, v in opts.items() if k != "seed"})
         _check_device(self.device)
+        if self.svd_reinit is not None:
+            if not (isinstance(self.svd_reinit, (int, float)) and not isinstance(self.svd_reinit, bool)
+                    and math.isfinite(self.svd_reinit) and self.svd_reinit > 0):
+                raise ConfigError(f"svd_reinit={self.svd_reinit!r}: must be a positive number of epochs")
+            if self.rank is None or self.direct:
+                raise ConfigError(f"svd_reinit applies to layerwise ld rules (with a rank), "
+                                  f"not to {self.rule!r}")
         if self.strict and (self.model not in ("vit", "resnet") or self.rank is None):
             raise ConfigError(f"strict=True needs a model with residual blocks (vit, resnet) and a rank r; "
                               f"got model {self.model!r}, rank {self.rank!r}")
@@ -448,6 +463,7 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
     core = model.module if world > 1 else model  # the network itself (DDP wraps it)
     log_path = log_path if rank == 0 else None
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    reinit_every = max(1, round(cfg.svd_reinit * steps_per_epoch)) if cfg.svd_reinit else 0
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
     gen = torch.Generator(device=train_set.device).manual_seed(cfg.seed)
     history, start, epoch, in_epoch, epoch_gen = [], 1, 0, 0, None
@@ -497,6 +513,8 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
                 if p.grad is not None:
                     p.grad.clamp_(-cfg.clamp, cfg.clamp)
         opt.step()
+        if reinit_every and step % reinit_every == 0:
+            refresh_factors(core)
         if track:
             row = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item()}
             if y.dtype == torch.long:
