@@ -292,6 +292,7 @@ def cmd_train(args) -> None:
         load_checkpoint,
         plot_history,
         save_state,
+        strict_json,
         train,
     )
 
@@ -336,8 +337,10 @@ def cmd_train(args) -> None:
         save_state(result["model"], args.save_model)
     summary = {k: result[k] for k in ("test_acc", "test_loss", "steps", "seconds") if k in result}
     summary["tuned_parameters"] = tuned_parameters(result["model"])
-    (out / f"{stem}.summary.json").write_text(json.dumps({**summary, "config": result["config"]},
-                                                         indent=1))
+    from ldfa.theory.trajectory import atomic_write  # the summary marks a finished run: whole or absent
+
+    text = json.dumps(strict_json({**summary, "config": result["config"]}), indent=1, allow_nan=False)
+    atomic_write(out / f"{stem}.summary.json", lambda f: f.write(text))
     acc = f"test accuracy {result['test_acc']:.4f}, " if "test_acc" in result else ""
     print(f"{stem}: {acc}test loss {result['test_loss']:.4f}, {result['steps']} steps in "
           f"{result['seconds']:.1f} s")

@@ -662,12 +662,12 @@ def history_to_csv(history: list[dict], path) -> Path:
     import csv
 
     keys = list(dict.fromkeys(k for row in history for k in row))
-    path = Path(path)
-    with open(path, "w", newline="") as f:
+
+    def write(f):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    return path
+    return atomic_write(path, write)
 
 
 def plot_history(history: list[dict], path, title: str = "") -> Path:
@@ -695,6 +695,6 @@ def plot_history(history: list[dict], path, title: str = "") -> Path:
         fig.suptitle(title, fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"), binary=True)
     plt.close(fig)
     return path
