@@ -13,9 +13,13 @@ PIP_FLAGS ?=
 FMNIST = /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 
 .PHONY: install data figures test bench paper docs
+.DELETE_ON_ERROR:
 
-$(PY):
-	$(PYTHON) -m venv --system-site-packages $(VENV)
+$(PY):                      ## Debian's python3 needs python3-venv for this; installed when missing
+	$(PYTHON) -m venv --system-site-packages $(VENV) || { command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
+	  $(PYTHON) -m venv --system-site-packages $(VENV); } || \
+	  { echo "make: cannot create $(VENV); install python3-venv" >&2; exit 1; }
 
 $(VENV)/.ldfa-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install -q $(PIP_FLAGS) -e ".[dev]"
