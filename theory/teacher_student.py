@@ -315,23 +315,40 @@ class TeacherStudentODE:
     def error(self, st: dict) -> float:
         return generalisation_error(st["Q"], st["R"], self.T, st["v"], self.vstar)
 
-    def integrate(self, state0: dict, t_eval, rtol=1e-7, atol=1e-9) -> "Solution":
-        """Integrate from ``state0`` (dict with Q, R, v and the rule's flowing matrices)."""
+    def min_eigenvalue(self, y) -> float:
+        """Smallest eigenvalue of Ω = [[Q, R], [Rᵀ, T]] (a Gram matrix: never negative)."""
+        st = self.unpack(y)
+        return float(np.linalg.eigvalsh(np.block([[st["Q"], st["R"]], [st["R"].T, self.T]]))[0])
+
+    def integrate(self, state0: dict, t_eval, rtol=1e-7, atol=1e-9, partial=False) -> "Solution":
+        """Integrate from ``state0`` ({"Q", "R", "v", "mats": {rule matrix: array}}).
+
+        Ω must stay positive semi-definite. Where a student unit converges onto a teacher unit
+        Ω approaches the boundary of that cone and the closed forms (square roots, arcsin at
+        ±1) stop being smooth; an integration step that crosses the boundary ends the
+        solution there. With ``partial`` the remaining times are NaN (``Solution.stopped``
+        holds the time); otherwise a RuntimeError is raised.
+        """
         t_eval = np.asarray(t_eval, float)
+        psd = lambda t, y: self.min_eigenvalue(y) + 1e-6  # noqa: E731
+        psd.terminal = True
         sol = solve_ivp(self.rhs, (0.0, float(t_eval[-1])), self.pack(state0), t_eval=t_eval,
-                        method="RK45", rtol=rtol, atol=atol)
-        if not sol.success:
-            raise RuntimeError(f"ODE integration failed: {sol.message}")
+                        method="RK45", rtol=rtol, atol=atol, events=psd)
+        stopped = None if sol.status == 0 else float(sol.t[-1]) if len(sol.t) else 0.0
+        if stopped is not None and not partial:
+            raise RuntimeError(f"ODE integration stopped at t = {stopped:.4g}: "
+                               f"{sol.message if sol.status < 0 else 'Ω left the positive semi-definite cone'}")
         states = [self.unpack(y) for y in sol.y.T]
-        return Solution(sol.t, states, np.array([self.error(st) for st in states]), self)
-
-
+        eps = np.full(len(t_eval), np.nan)
+        eps[:len(states)] = [self.error(st) for st in states]
+        return Solution(t_eval, states, eps, self, stopped)
 @dataclass
 class Solution:
     t: np.ndarray
-    states: list
-    eps: np.ndarray
+    states: list  # one per time reached
+    eps: np.ndarray  # NaN after ``stopped``
     ode: TeacherStudentODE
+    stopped: float | None = None
 
     def feedback_alignment(self) -> np.ndarray:
         """cos∠(vᵀ, F): the overlap of the delivered feedback with the transported weights."""
@@ -349,13 +366,13 @@ def overlaps(w: np.ndarray, wstar: np.ndarray) -> tuple:
     return w @ w.T / N, w @ wstar.T / N, wstar @ wstar.T / N
 
 
-def integrate_from(setup: Setup, w, wstar, v, vstar, mats: dict, t_eval) -> Solution:
+def integrate_from(setup: Setup, w, wstar, v, vstar, mats: dict, t_eval, partial=False) -> Solution:
     """Integrate the ODEs from the order parameters of concrete weights (one seed's init)."""
     Q, R, T = overlaps(np.asarray(w, float), np.asarray(wstar, float))
     ode = TeacherStudentODE(setup, T, vstar, fixed=mats)
     state = {"Q": Q, "R": R, "v": np.asarray(v, float),
              "mats": {n: np.asarray(mats[n], float) for n in ode.fs.flows}}
-    return ode.integrate(state, t_eval)
+    return ode.integrate(state, t_eval, partial=partial)
 
 
 # -- the generic equations as LaTeX -----------------------------------------------------------
