@@ -307,8 +307,14 @@ def plot(result: Result, out_dir) -> list[Path]:
     return save(fig, out_dir, f"verify_{result.name}")
 
 
-def run(only=None, quick=False, out="runs/verify", plots=True, progress=print) -> list[Result]:
-    """Run the checks; write report.json and one overlay plot per check into ``out``."""
+def run(only=None, quick=False, out="runs/verify", plots=True, progress=print, bar=False) -> list[Result]:
+    """Run the checks; write report.json and one overlay plot per check into ``out``.
+
+    ``progress(row)`` gets each result's table row; ``bar``: a tqdm bar naming the check that
+    runs and done/total.
+    """
+    from tqdm.auto import tqdm
+
     names = list(only or CHECKS)
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
@@ -316,15 +322,18 @@ def run(only=None, quick=False, out="runs/verify", plots=True, progress=print) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for name in names:
-        t0 = time.perf_counter()
-        res = CHECKS[name](quick=quick)
-        res.seconds = time.perf_counter() - t0
-        results.append(res)
-        if plots:
-            plot(res, out)
-        if progress:
-            progress(format_row(res))
+    with tqdm(total=len(names), disable=not bar, unit="check", leave=False) as pbar:
+        for name in names:
+            pbar.set_description(f"verify {name}")
+            t0 = time.perf_counter()
+            res = CHECKS[name](quick=quick)
+            res.seconds = time.perf_counter() - t0
+            results.append(res)
+            if plots:
+                plot(res, out)
+            if progress:
+                (tqdm.write if bar else progress)(format_row(res))
+            pbar.update(1)
     (out / "report.json").write_text(json.dumps({"quick": quick, "results": [r.row() for r in results]},
                                                 indent=1))
     return results

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..theory.errors import ConfigError
+from ..theory.rules import PRESETS
 from .layers import BatchedLinear, FeedbackLayer, convert
 
-BATCHED_RULES = ("bp", "fa", "kp", "ld", "ldfa", "ldfa-local", "raf")
+# the rules whose fast paths run on BatchedLinear (ldfa.sim.layers.batched_capable)
+BATCHED_RULES = ("bp", "fa", "kp", "ld", *PRESETS)
 
 
 class BatchedMLP(nn.Module):

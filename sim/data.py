@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..theory.config import teacher_matrices
 from ..theory.errors import ConfigError
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -411,7 +412,8 @@ def linear_teacher(n_in: int = 100, n_out: int = 10, spectrum: Sequence[float] =
     """The linear teacher of the theory: y = W* x + noise, W* = U diag(spectrum) Vᵀ.
 
     U (n_out x k) and V (n_in x k), k = len(spectrum), are random orthonormal columns drawn
-    from ``seed`` alone, so the train and test splits share the teacher; the inputs
+    from ``seed`` alone by :func:`ldfa.theory.config.teacher_matrices` (the theory's teacher),
+    so the train and test splits share the teacher; the inputs
     x ~ N(0, I_{n_in}) and the noise (std ``noise`` per output, covariance noise² I) come
     from a stream of (seed, split). ``whiten=True`` rotates the sample so that its empirical
     covariance XᵀX / N is exactly I (needs n_samples >= n_in).
@@ -433,10 +435,8 @@ def linear_teacher(n_in: int = 100, n_out: int = 10, spectrum: Sequence[float] =
     if whiten and n_samples < n_in:
         raise ConfigError(f"whiten=True: needs n_samples >= n_in (got {n_samples} < {n_in})")
 
-    g = _generator(seed, "teacher")
-    U = _orthonormal_columns(n_out, len(s), g)
-    V = _orthonormal_columns(n_in, len(s), g)
-    W = U @ torch.diag(s) @ V.T
+    # the project's one teacher generator, shared with the theory (same seed, same W*)
+    W, U, V = (torch.as_tensor(a) for a in teacher_matrices(n_in, n_out, s.tolist(), seed))
 
     x = _gaussian_inputs(n_samples, n_in, seed, split)
     if whiten:
