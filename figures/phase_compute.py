@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import platform
-import statistics
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from ..sim import models
 from ..sim.layers import convert
 from ..theory.predictions import fixed_feedback_plateau, mode_learning_times
-from .store import Store
-from .style import figure, save
+from .runner import Job
+from .store import Store, torch_threads
+from .style import figure, legend_right, rank_axis, save
 
 MAX_RANK = {"quick": 6, "full": 8, "tiny": 3}
+PHASE = dict(d=8, n_in=16, init=1e-3, draws=20, s_max=3.0, s_min=1.0)
 
 
 def _orthonormal(rows, cols, rng):
@@ -24,121 +28,210 @@ def _orthonormal(rows, cols, rng):
     return q[:, :rows].T
 
 
-def phase_diagram(preset: str, out_dir, store: Store | None = None, draws: int = 20):
-    """Left: plateau loss of fixed random P (fraction of the initial loss, mean over random P
-    and teachers; closed form of SPEC 3.3). Right: time for adapting P (svd, aligned Q) to
-    learn the weakest mode (per-mode ODEs). Axes: feedback rank r and teacher rank k; d = 8."""
-    store = store or Store()
+def phase_spectrum(n: int) -> tuple[float, ...]:
+    """The one teacher spectrum of the phase diagram: n values evenly spaced from s_max down to
+    s_min; a teacher of rank k has the first k of them."""
+    return tuple(float(s) for s in np.linspace(PHASE["s_max"], PHASE["s_min"], n))
+
+
+def _phase_job(preset: str) -> Job:
     n = MAX_RANK[preset]
-    d, n_in, init = 8, 16, 1e-3
+    return Job("phase-diagram", {"n": n, **PHASE, "spectrum": phase_spectrum(n)}, _phase,
+               label="phase diagram",
+               cost=2.0 * n, fields=("plateau", "learn"))
+
+
+def _phase(config: dict, store: Store) -> dict:
+    """plateau[i, j]: mean over random fixed P (rank r = i+1) and teachers (rank k = j+1) of
+    the plateau loss (closed form) over the initial loss ½ Σ s_α²; learn[i, j]: time for
+    adapting P (svd, aligned Q) to bring the weakest mode to s_k/2 (per-mode ODEs)."""
+    n, d, n_in, draws, init = config["n"], config["d"], config["n_in"], config["draws"], config["init"]
+    rng = np.random.default_rng(0)
+    plateau, learn = np.zeros((n, n)), np.zeros((n, n))
+    for j in range(n):
+        spectrum = tuple(config["spectrum"][:j + 1])
+        k = len(spectrum)
+        for i in range(n):
+            fr = []
+            for _ in range(draws):
+                U, V = _orthonormal(k, d, rng).T, _orthonormal(k, n_in, rng).T
+                Wstar = U @ np.diag(spectrum) @ V.T
+                fr.append(fixed_feedback_plateau(Wstar, _orthonormal(i + 1, d, rng)) /
+                          (0.5 * np.sum(np.square(spectrum))))
+            plateau[i, j] = np.mean(fr)
+            learn[i, j] = np.max(mode_learning_times(spectrum, i + 1, init_scale=init, n_points=2001))
+    return {"plateau": plateau.tolist(), "learn": learn.tolist()}
+
+
+def phase_diagram_jobs(preset: str) -> list[Job]:
+    return [_phase_job(preset)]
+
+
+def phase_diagram(preset: str, out_dir, store: Store | None = None):
+    """Left: plateau loss of fixed random P (fraction of the initial loss, mean over random P
+    and teachers; closed form, theory.predictions.fixed_feedback_plateau). Right: time for
+    adapting P (svd, aligned Q) to learn the weakest mode (per-mode ODEs). Axes: feedback rank r
+    and teacher rank k; d = 8; every teacher takes the first k values of one spectrum."""
+    store = store or Store()
+    job = _phase_job(preset)
+    data = {**job.config, **store.run(job)["result"]}
+    return save(draw_phase_diagram(data), out_dir, "phase_diagram", data)
+
+
+def draw_phase_diagram(data: dict):
+    n = data["n"]
     ranks = ks = list(range(1, n + 1))
-
-    def compute():
-        rng = np.random.default_rng(0)
-        plateau = np.zeros((n, n))
-        learn = np.zeros((n, n))
-        for j, k in enumerate(ks):
-            spectrum = tuple(np.linspace(3.0, 1.0, k)) if k > 1 else (3.0,)
-            for i, r in enumerate(ranks):
-                fr = []
-                for _ in range(draws):
-                    U, V = _orthonormal(k, d, rng).T, _orthonormal(k, n_in, rng).T
-                    Wstar = U @ np.diag(spectrum) @ V.T
-                    fr.append(fixed_feedback_plateau(Wstar, _orthonormal(r, d, rng)) /
-                              (0.5 * np.sum(np.square(spectrum))))
-                plateau[i, j] = np.mean(fr)
-                learn[i, j] = np.max(mode_learning_times(spectrum, r, init_scale=init, n_points=2001))
-        return {"plateau": plateau.tolist(), "learn": learn.tolist()}
-
-    res = store.cached("phase-diagram", {"n": n, "d": d, "n_in": n_in, "draws": draws, "init": init},
-                       compute)["result"]
     fig, axes = figure(ncols=2, width=3.3, height=2.9)
-    panels = [(np.array(res["plateau"]), "fixed P: plateau loss / initial loss", "viridis", ".2f"),
-              (np.array(res["learn"]), r"adapting P: $t_{1/2}$ of the weakest mode ($\tau$)", "magma", ".1f")]
+    panels = [(np.array(data["plateau"]), "fixed P: plateau loss / initial loss", "viridis", ".2f"),
+              (np.array(data["learn"]), r"adapting P: $t_{1/2}$ of the weakest mode ($\tau$)", "magma",
+               ".1f")]
     for ax, (M, title, cmap, fmt) in zip(axes, panels):
-        im = ax.imshow(M, origin="lower", cmap=cmap, aspect="auto",
-                       extent=(0.5, n + 0.5, 0.5, n + 0.5))
+        im = ax.imshow(M, origin="lower", cmap=cmap, aspect="auto", extent=(0.5, n + 0.5, 0.5, n + 0.5))
         for i in range(n):
             for j in range(n):
                 ax.text(j + 1, i + 1, format(M[i, j], fmt), ha="center", va="center", fontsize=5,
                         color="white" if M[i, j] < M.mean() else "black")
         ax.plot([0.5, n + 0.5], [0.5, n + 0.5], color="white", lw=0.6, ls="--")
-        ax.set(xlabel=r"teacher rank $k$", ylabel=r"feedback rank $r$", title=title,
-               xticks=ks, yticks=ranks)
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    return save(fig, out_dir, "phase_diagram")
+        ax.set(xlabel=r"teacher rank $k$", ylabel=r"feedback rank $r$", title=title, xticks=ks, yticks=ranks)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="plateau / initial loss" if cmap == "viridis"
+                     else r"$t_{1/2}$ ($\tau$)")
+    spectrum = ", ".join(f"{s:.2g}" for s in data["spectrum"])
+    fig.suptitle(f"output dimension d = {data['d']}; teacher of rank k: first k of s = ({spectrum}); "
+                 "dashed: r = k", fontsize=8)
+    return fig
 
 
-COMPUTE = {"quick": dict(width=1024, ranks=[1, 4, 16, 64, 256, 1024], repeats=9, steps=3),
+COMPUTE = {"quick": dict(width=512, ranks=[1, 4, 16, 64, 256, 512], repeats=9, steps=2),
            "full": dict(width=2048, ranks=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048],
-                        repeats=7, steps=5),
-           "tiny": dict(width=64, ranks=[1, 8, 64], repeats=1, steps=1)}
+                        repeats=15, steps=5),
+           "tiny": dict(width=64, ranks=[1, 8, 64], repeats=3, steps=1)}
+BATCH = 256
 
 
 def _time_once(model, opt, x, y, steps):
-    """Seconds per call of forward, forward+backward and a full SGD step (one sample each)."""
-    t0 = time.perf_counter()
+    """Seconds per training step of its forward pass (loss included), its backward pass and the
+    whole step (forward, backward, optimizer update), all from the same ``steps`` steps."""
+    fwd = bwd = total = 0.0
     for _ in range(steps):
-        with torch.no_grad():
-            model(x)
-    t1 = time.perf_counter()
-    for _ in range(steps):
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-    t2 = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        loss = F.cross_entropy(model(x), y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
         opt.step()
-    t3 = time.perf_counter()
-    return (t1 - t0) / steps, (t2 - t1) / steps, (t3 - t2) / steps
+        t3 = time.perf_counter()
+        fwd, bwd, total = fwd + t1 - t0, bwd + t2 - t1, total + t3 - t0
+    return fwd / steps, bwd / steps, total / steps
 
 
-def _interleaved(models_, x, y, repeats, steps):
-    """Median (forward, forward+backward, step) seconds per model, the models timed in turn
-    within every repeat so that drift of the machine hits them alike."""
-    opts = [torch.optim.SGD(m.parameters(), lr=1e-4) for m in models_]
-    for m, o in zip(models_, opts):
-        _time_once(m, o, x, y, 1)  # warm-up
-    samples = [[] for _ in models_]
-    for _ in range(repeats):
-        for i, (m, o) in enumerate(zip(models_, opts)):
-            samples[i].append(_time_once(m, o, x, y, steps))
-    return [tuple(statistics.median(s[j] for s in samples[i]) for j in range(3)) for i in range(len(models_))]
-
-
-def compute_vs_rank(preset: str, out_dir, store: Store | None = None):
-    """Figure i: backward time and total step time of ld (fixed P, Q) against r, relative to
-    bp, on an MLP 784-w-w-w-10 at batch 256 (this machine; timing, so cached per machine)."""
-    store = store or Store()
-    c = COMPUTE[preset]
-
-    def compute():
+def _measure(config: dict, store: Store) -> dict:
+    """Per repeat and rank, bp and ld (fixed P, Q) timed back to back (order alternating between
+    repeats) on one thread, so that load changes hit both alike; the ld/bp ratios of the
+    backward pass and of the whole step in every repeat, their median and quartiles, and
+    whether the spread (interquartile range) is smaller than the effect |median - 1|
+    (conclusive)."""
+    c = config
+    with torch_threads(1):
         torch.manual_seed(0)
-        x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
+        x, y = torch.randn(c["batch"], 784), torch.randint(0, 10, (c["batch"],))
 
         def build(**kw):
             torch.manual_seed(0)
             return convert(models.MLP([784, c["width"], c["width"], c["width"], 10]), clip_rank=True, **kw)
 
-        nets = [build(rule="bp")] + [build(rule="ld", rank=r, p_rule="fixed", q_rule="fixed")
-                                     for r in c["ranks"]]
-        times = _interleaved(nets, x, y, c["repeats"], c["steps"])
-        return {"bp": times[0], "ld": times[1:]}
+        bp = build(rule="bp")
+        lds = [build(rule="ld", rank=r, p_rule="fixed", q_rule="fixed") for r in c["ranks"]]
+        opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-4) for m in [bp, *lds]}
+        for m in [bp, *lds]:
+            _time_once(m, opts[id(m)], x, y, 1)  # warm-up
+        load = [os.getloadavg()[0]]
+        samples = [[] for _ in lds]  # per rank: (backward ratio, step ratio) per repeat
+        for rep in range(c["repeats"]):
+            for i, m in enumerate(lds):
+                pair = [bp, m] if (rep + i) % 2 == 0 else [m, bp]
+                t = {id(mm): _time_once(mm, opts[id(mm)], x, y, c["steps"]) for mm in pair}
+                samples[i].append((t[id(m)][1] / t[id(bp)][1], t[id(m)][2] / t[id(bp)][2]))
+            load.append(os.getloadavg()[0])
+    out = {"load_average": [min(load), max(load)], "cores": os.cpu_count(), "repeats": c["repeats"]}
+    for j, name in enumerate(("backward", "step")):
+        per = np.array([[s[j] for s in rank_samples] for rank_samples in samples])  # ranks x repeats
+        q1, med, q3 = np.percentile(per, [25, 50, 75], axis=1)
+        out[name] = {"samples": per.tolist(), "median": med.tolist(), "q1": q1.tolist(), "q3": q3.tolist(),
+                     "conclusive": (np.abs(med - 1) > (q3 - q1)).tolist()}
+    return out
 
-    config = {**c, "machine": platform.node(), "processor": platform.machine(),
-              "threads": torch.get_num_threads()}
-    res = store.cached("compute-vs-rank", config, compute)["result"]
-    fwd_bp, fb_bp, full_bp = res["bp"]
-    ld = np.array(res["ld"])
-    fig, (ax,) = figure(width=3.8)
-    ax.plot(c["ranks"], (ld[:, 1] - ld[:, 0]) / (fb_bp - fwd_bp), "o-", ms=3, color="#D55E00",
-            label="backward pass")
-    ax.plot(c["ranks"], ld[:, 2] / full_bp, "s-", ms=3, color="#0072B2", label="whole training step")
-    ax.axhline(1.0, color="black", lw=0.8, label="bp")
-    ax.axhline(2 / 3, color="#0072B2", lw=0.6, ls=":", label="ideal step (forward + weight gradient)")
-    ax.axhline(1 / 2, color="#D55E00", lw=0.6, ls=":", label="ideal backward (weight gradient only)")
-    ax.set(xscale="log", xlabel=r"feedback rank $r$", ylabel="time relative to bp",
-           title=f"MLP 784-{c['width']}x3-10, batch 256, {torch.get_num_threads()} CPU threads")
-    ax.legend(loc="upper left")
-    return save(fig, out_dir, "compute_vs_rank")
+
+def _compute_job(preset: str) -> Job:
+    c = COMPUTE[preset]
+    config = {**c, "batch": BATCH, "machine": platform.node(), "processor": platform.machine(),
+              "threads": 1, "method": "paired, per-step forward/backward/update"}
+    return Job("compute-vs-rank", config, _measure, label="timing compute_vs_rank (alone)",
+               cost=0.02 * c["repeats"] * c["steps"] * len(c["ranks"]) * (c["width"] / 512) ** 2,
+               fields=("backward", "step"), exclusive=True)
+
+
+def compute_vs_rank_jobs(preset: str) -> list[Job]:
+    return [_compute_job(preset)]
+
+
+def compute_vs_rank(preset: str, out_dir, store: Store | None = None):
+    """Figure i: backward time and whole step time of ld (fixed P, Q) against r, relative to
+    bp, on an MLP 784-w-w-w-10 at batch 256; measured alone (after every other run), on one
+    thread, bp and ld paired in every repeat (this machine; timing, so cached per machine)."""
+    store = store or Store()
+    job = _compute_job(preset)
+    data = {**{k: job.config[k] for k in ("width", "ranks", "repeats", "steps", "batch", "threads")},
+            **store.run(job)["result"]}
+    data["conclusive"] = bool(all(data["backward"]["conclusive"]) and all(data["step"]["conclusive"]))
+    return save(draw_compute_vs_rank(data), out_dir, "compute_vs_rank", data)
+
+
+def draw_compute_vs_rank(data: dict):
+    """Median ratio with quartile bars; a rank whose spread exceeds its effect is drawn open and
+    grey on a hatched band, with the note 'spread > effect: not conclusive'."""
+    ranks = data["ranks"]
+    fig, (ax,) = figure(width=6.2, height=3.0)
+    handles = []
+    inconclusive = set()
+    for name, color, marker, label in (("backward", "#D55E00", "o", "backward pass"),
+                                       ("step", "#0072B2", "s", "whole training step")):
+        s = data[name]
+        med, q1, q3 = (np.asarray(s[k]) for k in ("median", "q1", "q3"))
+        ax.plot(ranks, med, "-", color=color, lw=1.0)
+        ax.errorbar(ranks, med, yerr=[med - q1, q3 - med], fmt="none", ecolor=color, capsize=2, lw=0.8)
+        for r, m, ok in zip(ranks, med, s["conclusive"]):
+            ax.plot([r], [m], marker, ms=4, color=color if ok else "grey", mfc=color if ok else "white")
+            if not ok:
+                inconclusive.add(r)
+        handles.append(Line2D([], [], color=color, marker=marker, ms=4, label=f"{label} (median, quartiles)"))
+    for r in sorted(inconclusive):
+        ax.axvspan(r / 1.25, r * 1.25, facecolor="none", edgecolor="0.6", hatch="///", lw=0)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.axhline(2 / 3, color="#0072B2", lw=0.6, ls=":")
+    ax.axhline(1 / 2, color="#D55E00", lw=0.6, ls=":")
+    handles += [Line2D([], [], color="black", lw=0.8, label="bp (= 1)"),
+                Line2D([], [], color="#0072B2", lw=0.6, ls=":",
+                       label="ideal step (forward + weight gradient)"),
+                Line2D([], [], color="#D55E00", lw=0.6, ls=":",
+                       label="ideal backward (weight gradient only)")]
+    if inconclusive:
+        handles += [Line2D([], [], color="grey", marker="o", mfc="white", ls="none",
+                           label="open grey marker on hatched band:"),
+                    Patch(facecolor="none", edgecolor="0.6", hatch="///",
+                          label="spread (quartiles) > effect |ratio - 1|")]
+    rank_axis(ax, ranks)
+    lo, hi = data["load_average"]
+    ax.set(xlabel=r"feedback rank $r$", ylabel="time relative to bp")
+    fig.suptitle(f"MLP 784-{data['width']}x3-10, batch {data['batch']}, {data['threads']} CPU thread, "
+                 f"{data['repeats']} paired repeats;\n"
+                 f"load average {lo:.1f}-{hi:.1f} on {data['cores']} cores "
+                 "while timing", fontsize=8)
+    note = None
+    if inconclusive:
+        note = ("spread > effect: not conclusive" if len(inconclusive) == len(ranks)
+                else f"spread > effect at r = {', '.join(map(str, sorted(inconclusive)))}:\nnot conclusive")
+    legend = legend_right(ax, handles, title=note)
+    if note:
+        legend.get_title().set_color("#A00000")
+    return fig

@@ -21,7 +21,8 @@ from .verify import crossing_times
 SPECTRUM = (5.0, 4.0, 3.0, 2.0, 1.0)
 SIZES = {"quick": 40, "full": 100, "tiny": 12}
 ETAS = {"quick": 0.01, "full": 0.002, "tiny": 0.05}
-LABELS = {"bp": "bp", "fa": "fa", "ld-fixed": "ld, fixed P, Q (r = 3)", "ld-adapting": "ld, svd P, aligned Q (r = 3)"}
+LABELS = {"bp": "bp", "fa": "fa", "ld-fixed": "ld, fixed P, Q (r = 3)",
+          "ld-adapting": "ld, svd P, aligned Q (r = 3)"}
 MODE_RULES = ("bp", "ld-adapting", "ld-fixed")  # drawn in the mode panel
 
 
@@ -32,7 +33,8 @@ def _configs(preset: str) -> dict[str, TheoryConfig]:
     return {
         "bp": TheoryConfig(rule="bp", **base),
         "fa": TheoryConfig(rule="fa", **base),
-        "ld-fixed": TheoryConfig(rule="ld", p_rule="fixed", q_rule="fixed", rank=3, init="first-zero", **base),
+        "ld-fixed": TheoryConfig(rule="ld", p_rule="fixed", q_rule="fixed", rank=3, init="first-zero",
+                                 **base),
         "ld-adapting": TheoryConfig(rule="ld", p_rule="svd", q_rule="aligned", rank=3, **base),
     }
 
@@ -103,20 +105,23 @@ def draw_theory_trajectories(data: dict):
         for a in range(modes.shape[1]):
             ax_modes.plot(tr["t"], modes[:, a], color=PALETTE[k], lw=1.0)
             ax_modes.plot(sim["t"][::every], sim["modes"][::every, a], "o", ms=2, color=PALETTE[k])
-    ax_modes.set(xlabel=r"time $t$ (units of $\tau$)", ylabel=r"mode strength $u_\alpha^\top W_2 W_1 v_\alpha$",
+    ax_modes.set(xlabel=r"time $t$ (units of $\tau$)",
+                 ylabel=r"mode strength $u_\alpha^\top W_2 W_1 v_\alpha$",
                  xlim=(0, 15), title=r"modes $s_\alpha$ = " + ", ".join(f"{s:g}" for s in data["spectrum"])
                  + " (no fa)")
     handles = [Line2D([], [], color=PALETTE[k], lw=1.2, label=LABELS[k]) for k in theory]
     handles += [Line2D([], [], color="grey", lw=1.0, label="line: theory (matrix ODE)"),
                 Line2D([], [], color="grey", marker="o", ms=2.5, ls="none",
                        label=f"circles: simulation (GD, η = {data['eta']})"),
-                Line2D([], [], color=PALETTE["ld-fixed"], ls=":", lw=0.8, label="dotted: predicted plateau, fixed P")]
+                Line2D([], [], color=PALETTE["ld-fixed"], ls=":", lw=0.8,
+                       label="dotted: predicted plateau, fixed P")]
     legend_below(fig, handles, ncol=3)
     return fig
 
 
 def _learning_time_job(r: int, eta: float, init: float) -> Job:
-    return Job("learning-times-sim", {"rank": r, "eta": eta, "init": init, "spectrum": SPECTRUM}, _learning_sim,
+    return Job("learning-times-sim", {"rank": r, "eta": eta, "init": init, "spectrum": SPECTRUM},
+               _learning_sim,
                label=f"GD learning times r={r}", cost=3.0 * 0.01 / eta, fields=("t_half",))
 
 
@@ -131,8 +136,21 @@ def _learning_sim(config: dict, store: Store) -> dict:
     return {"t_half": crossing_times(run, spectrum).tolist()}
 
 
+def _mode_times_job(init: float) -> Job:
+    return Job("mode-learning-times", {"spectrum": SPECTRUM, "init": init, "ranks": len(SPECTRUM)},
+               _mode_times,
+               label="per-mode ODE learning times", cost=5.0, fields=("t_half",))
+
+
+def _mode_times(config: dict, store: Store) -> dict:
+    """Per-mode learning times (theory) for every rank r = 1 .. ranks."""
+    return {"t_half": [mode_learning_times(tuple(config["spectrum"]), r, init_scale=config["init"]).tolist()
+                       for r in range(1, config["ranks"] + 1)]}
+
+
 def learning_times_jobs(preset: str) -> list[Job]:
-    return [_learning_time_job(r, ETAS[preset], 1e-3) for r in range(1, len(SPECTRUM) + 1)]
+    return [_mode_times_job(1e-3)] + [_learning_time_job(r, ETAS[preset], 1e-3)
+                                      for r in range(1, len(SPECTRUM) + 1)]
 
 
 def learning_times(preset: str, out_dir, store: Store | None = None):
@@ -143,7 +161,7 @@ def learning_times(preset: str, out_dir, store: Store | None = None):
     init, eta = 1e-3, ETAS[preset]
     ranks = list(range(1, len(SPECTRUM) + 1))
     data = {"ranks": ranks, "spectrum": SPECTRUM, "eta": eta, "init": init,
-            "theory": [mode_learning_times(SPECTRUM, r, init_scale=init).tolist() for r in ranks],
+            "theory": store.run(_mode_times_job(init))["result"]["t_half"],
             "simulation": [store.run(_learning_time_job(r, eta, init))["result"]["t_half"] for r in ranks],
             "bp": [bp_learning_time(s, init**2) for s in SPECTRUM]}
     return save(draw_learning_times(data), out_dir, "learning_times", data)
@@ -152,7 +170,7 @@ def learning_times(preset: str, out_dir, store: Store | None = None):
 def draw_learning_times(data: dict):
     ranks = data["ranks"]
     times, sims = np.asarray(data["theory"]), np.asarray(data["simulation"], float)
-    fig, (ax,) = figure(width=3.4, height=2.7)
+    fig, (ax,) = figure(width=5.4, height=2.9)
     colors = ["#0072B2", "#009E73", "#E69F00", "#D55E00", "#CC79A7"]
     handles = []
     for a, s in enumerate(data["spectrum"]):
@@ -166,5 +184,5 @@ def draw_learning_times(data: dict):
                 Line2D([], [], color="grey", ls=":", lw=0.7, label="dotted: bp closed form")]
     ax.set(xlabel=r"feedback rank $r$", ylabel=r"learning time $t_{1/2}$ (units of $\tau$)", xticks=ranks,
            title="adapting P (svd), aligned Q")
-    legend_right(fig, handles, title="teacher mode")
+    legend_right(ax, handles, title="teacher mode")
     return fig

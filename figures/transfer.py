@@ -1,4 +1,4 @@
-"""TOAST beside linear probing and full fine-tuning (issue 7): a vision transformer is
+"""TOAST beside linear probing and full fine-tuning: a vision transformer is
 pre-trained with bp on Fashion-MNIST classes 0-4 (source), then adapted to classes 5-9
 (target). Every run is cached in the results store; the pre-trained backbone is stored as
 arrays with its run and written to a .pt file next to the store for the transfer runs.
@@ -14,6 +14,7 @@ import torch
 
 from ..sim.toast import tuned_parameters
 from ..sim.train import TrainConfig, save_state, train
+from .runner import Job
 from .store import Store
 from .tables import write_table
 
@@ -25,6 +26,9 @@ PRESET = {"quick": dict(train_subset=10000, pretrain_epochs=4, epochs=2),
           "tiny": dict(train_subset=512, test_subset=500, steps=4, pretrain_epochs=1, epochs=1)}
 SEEDS = {"quick": [0], "full": [0, 1, 2], "tiny": [0]}
 SOURCE_LR = 1e-3
+# estimated seconds of one run on one idle core (progress estimate only)
+COST = {"source": {"quick": 40.0, "full": 600.0, "tiny": 3.0},
+        "target": {"quick": 15.0, "full": 200.0, "tiny": 2.0}}
 # learning rates: frozen-backbone methods train a few new, small-init parameters and take a
 # larger step (chosen from {1e-3, 3e-3, 1e-2} in one quick run, see the README)
 METHODS = {"linear probe": dict(transfer="probe", lr=1e-2),
@@ -41,47 +45,83 @@ def _settings(preset: str) -> tuple[dict, float]:
     return {**VIT, **p}, pre_epochs
 
 
-def backbone(store: Store, preset: str, seed: int) -> tuple[Path, float, int]:
-    """The source-task backbone file (written from the store), its source test accuracy and its
-    number of parameters (all trained)."""
+def _source_config(preset: str, seed: int) -> dict:
     settings, pre_epochs = _settings(preset)
     config = {**settings, "epochs": pre_epochs, "classes": SOURCE, "lr": SOURCE_LR, "seed": seed}
     if "steps" in config:
         config["steps"] *= 2
+    return config
 
-    def compute():
-        out = train(TrainConfig(**config), progress=False)
-        arrays = {k: v.detach().cpu().numpy() for k, v in out["model"].state_dict().items()}
-        return {"test_acc": out["test_acc"], "seconds": out["seconds"]}, arrays
 
-    misses = store.misses
-    entry = store.cached("transfer-source", config, compute)
-    key = store.key("transfer-source", config)
+def source_job(preset: str, seed: int) -> Job:
+    """Pre-training on the source classes with bp; arrays: the whole state dict."""
+    return Job("transfer-source", _source_config(preset, seed), _pretrain,
+               label=f"transfer source seed {seed}",
+               cost=COST["source"][preset], fields=("test_acc",))
+
+
+def _pretrain(config: dict, store: Store):
+    out = train(TrainConfig(**config), progress=False)
+    arrays = {k: v.detach().cpu().numpy() for k, v in out["model"].state_dict().items()}
+    return {"test_acc": out["test_acc"], "seconds": out["seconds"]}, arrays
+
+
+def _backbone_file(store: Store, key: str, entry: dict) -> Path:
+    """The backbone as a .pt file next to the store (written from the entry if absent)."""
     path = store.root / "backbones" / f"{key}.pt"
-    if store.misses > misses or not path.exists():  # (re)computed: the file follows the entry
-        state = {k: torch.from_numpy(np.asarray(v)) for k, v in entry["arrays"].items()}
-        save_state(state, path)
-    size = sum(int(np.asarray(v).size) for k, v in entry["arrays"].items())
+    if not path.exists():
+        save_state({k: torch.from_numpy(np.asarray(v)) for k, v in entry["arrays"].items()}, path)
+    return path
+
+
+def backbone(store: Store, preset: str, seed: int) -> tuple[Path, float, int]:
+    """The source-task backbone file (written from the store), its source test accuracy and its
+    number of parameters (all trained)."""
+    job = source_job(preset, seed)
+    misses = store.misses
+    entry = store.run(job)
+    key = store.key(job.kind, job.config)
+    path = store.root / "backbones" / f"{key}.pt"
+    if store.misses > misses and path.exists():  # recomputed: the file follows the entry
+        path.unlink()
+    path = _backbone_file(store, key, entry)
+    size = sum(int(np.asarray(v).size) for v in entry["arrays"].values())
     return path, entry["result"]["test_acc"], size
+
+
+def adapt_job(store: Store, preset: str, seed: int, method: str) -> Job:
+    """One target-task run of ``method`` (a key of METHODS); its key names the source run."""
+    settings, _ = _settings(preset)
+    kw = dict(METHODS[method])
+    needs = ()
+    if "transfer" in kw:
+        src = source_job(preset, seed)
+        kw["backbone"] = store.key(src.kind, src.config)  # the cache key follows pre-training
+        needs = (src,)
+    config = {**settings, **kw, "classes": TARGET, "seed": seed}
+    return Job("transfer-target", config, _adapt, label=f"transfer {method} seed {seed}",
+               cost=COST["target"][preset], fields=("test_acc", "tuned"), needs=needs)
+
+
+def _adapt(config: dict, store: Store) -> dict:
+    run = dict(config)
+    if "backbone" in config:
+        entry = store.get(config["backbone"])
+        if entry is None:
+            raise RuntimeError(f"transfer run needs source run {config['backbone']} in the store first")
+        run["backbone"] = str(_backbone_file(store, config["backbone"], entry))
+    out = train(TrainConfig(**run), progress=False)
+    return {"test_acc": out["test_acc"], "tuned": tuned_parameters(out["model"]), "seconds": out["seconds"]}
 
 
 def adapt(store: Store, preset: str, seed: int, method: str) -> dict:
     """One target-task run of ``method`` (a key of METHODS); result: accuracy and tuned parameters."""
-    settings, _ = _settings(preset)
-    kw = dict(METHODS[method])
-    path = None
-    if "transfer" in kw:
-        path = backbone(store, preset, seed)[0]
-        kw["backbone"] = path.stem  # the source run's store key: the cache key follows pre-training
-    config = {**settings, **kw, "classes": TARGET, "seed": seed}
+    return store.run(adapt_job(store, preset, seed, method))["result"]
 
-    def compute():
-        run = {**config, "backbone": str(path)} if path else config
-        out = train(TrainConfig(**run), progress=False)
-        return {"test_acc": out["test_acc"], "tuned": tuned_parameters(out["model"]),
-                "seconds": out["seconds"]}
 
-    return store.cached("transfer-target", config, compute)["result"]
+def transfer_table_jobs(preset: str, store: Store) -> list[Job]:
+    return [adapt_job(store, preset, s, m) for s in SEEDS[preset] for m in METHODS] + \
+        [source_job(preset, s) for s in SEEDS[preset]]
 
 
 def transfer_table(preset: str, out_dir, store: Store | None = None) -> list[Path]:
