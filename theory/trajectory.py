@@ -65,8 +65,9 @@ class Trajectory:
             s = self.config.get("spectrum", [])
             if i < len(s):
                 axes[1].axhline(s[i], color=c, lw=0.6, ls=":")
-        axes[1].set(xlabel="time t (units of τ)", ylabel="mode strength u_α", title="modes")
-        axes[1].legend(fontsize=7, frameon=False)
+        axes[1].set(xlabel="time t (units of τ)", ylabel="mode strength u_α",
+                    title="modes (dotted: teacher s_α)")
+        axes[1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside data
         if extra:
             ax = axes[2]
             twin = None
@@ -78,9 +79,10 @@ class Trajectory:
                     twin.plot(self.t, self.series[k], ls="--", label=f"P overlap layer {k[8:]}")
                     twin.set(ylabel="overlap with top-r error subspace", ylim=(-0.05, 1.05))
             ax.set(xlabel="time t (units of τ)", ylabel="angle (degrees)", title="feedback")
-            ax.legend(fontsize=7, frameon=False, loc="upper right")
-            if twin:
-                twin.legend(fontsize=7, frameon=False, loc="center right")
+            handles = ax.get_legend_handles_labels()[0]
+            handles += twin.get_legend_handles_labels()[0] if twin else []
+            ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper center",
+                      bbox_to_anchor=(0.5, -0.22))  # below the axes, off the data
         if title:
             fig.suptitle(title, fontsize=10)
         try:
