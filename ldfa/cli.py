@@ -129,7 +129,7 @@ NON_NEGATIVE = _float_in(0)
 # library parameter names (in ConfigError messages) -> this command line's flags
 _FLAGS = [(r"\bp_rule\b", "--p-rule"), (r"\bq_rule\b", "--q-rule"), (r"\bfactor_init\b", "--factor-init"),
           (r"\blowrank_scale\b", "--lowrank-scale"), (r"\brank r\b", "--rank r"),
-          (r"\bclip_rank=True\b", "--clip-rank"), (r"\bdirect=False\b", "no --direct"),
+          (r"\bclip_rank=True\b", "--clip-rank"), (r"\buse direct=False\b", "drop --direct"),
           (r"\bdirect=True\b", "--direct"), (r"\bscaling\b", "--scaling")]
 
 
@@ -383,8 +383,14 @@ def _verify_rule(args) -> int:
 
 
 def cmd_paper(args) -> None:
+    from ldfa.figures.make import PRESETS
     from ldfa.figures.paper import generate
 
+    if args.preset not in PRESETS:
+        raise ConfigError(f"--preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
+    store = Path(args.store)
+    if store.exists() and not store.is_dir():
+        raise ConfigError(f"--store {store}: exists and is not a folder; give a folder for the results store")
     for path in generate(args.preset, args.store, _out_dir(args.out)):
         print(f"wrote {path}")
 
@@ -424,6 +430,29 @@ def cmd_bench(args) -> int:
         print(f"== bench/bench_{name}.py", flush=True)
         status |= subprocess.run([sys.executable, str(folder / f"bench_{name}.py")]).returncode
     return status
+
+
+def cmd_reproduce(args) -> None:
+    """The published CIFAR ViT experiment (figures/reproduce.py, docs/reproduce.md)."""
+    from ldfa.figures.reproduce import DATASETS, reproduce
+
+    datasets = tuple(d.strip() for d in args.dataset.split(","))
+    bad = [d for d in datasets if d not in DATASETS]
+    if bad or not datasets:
+        raise ConfigError(f"--dataset {args.dataset!r}; allowed: {', '.join(DATASETS)} (comma-separated)")
+    ranks = _int_list("--ranks", args.ranks) if args.ranks else None
+    seeds = _int_list("--seeds", args.seeds) if args.seeds else None
+    if ranks is not None and any(r < 1 for r in ranks):
+        raise ConfigError(f"--ranks {args.ranks!r}: ranks are positive integers")
+    if seeds is not None and any(x < 0 for x in seeds):
+        raise ConfigError(f"--seeds {args.seeds!r}: seeds are integers >= 0")
+    if args.epochs is not None and not (0 < args.epochs < 1e6):
+        raise ConfigError(f"--epochs {args.epochs}: must be a positive number")
+    slurm = {"slurm_partition": args.partition} if args.partition else None
+    reproduce(args.data_root, datasets, ranks, seeds, args.epochs, args.device, _out_dir(args.out),
+              args.store, args.tiny, args.executor, args.checkpoint_every or 0, args.precision,
+              args.channels_last, args.compile, args.augment, args.report_only,
+              progress=not args.quiet, slurm=slurm)
 
 
 def cmd_figures(args) -> None:
@@ -578,10 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", help="check this rule instead: its matrix ODE against the simulated linear net "
                                   "from identical initial matrices (" + _rule_help() + ")")
     _factor_flags(p)
-    p.add_argument("--rank", type=int, help="feedback rank r (with --rule; rules with a bottleneck)")
+    p.add_argument("--rank", type=_int_in(1, MAX_WIDTH),
+                   help="feedback rank r (with --rule; rules with a bottleneck)")
     p.add_argument("--direct", action="store_true", help="direct variant (with --rule)")
-    p.add_argument("--layers", type=int, default=2, help="weight layers L (with --rule; default 2)")
-    p.add_argument("--eta", type=float, default=0.01, help="time step of the simulation (with --rule)")
+    p.add_argument("--layers", type=_int_in(2, MAX_LAYERS), default=2,
+                   help="weight layers L (with --rule; default 2)")
+    p.add_argument("--eta", type=POSITIVE, default=0.01, help="time step of the simulation (with --rule)")
     p.add_argument("--implementation", default="auto", help="auto, fast or generic (with --rule)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quick", action="store_true", help="larger steps, smaller data (minutes on a CPU)")
@@ -610,6 +641,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="theory, step, ode_vs_sim, memory, batched, biotorch "
                    "(default: all but biotorch, an optional dependency)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("reproduce", help="the published CIFAR ViT experiment: bp and ldfa at each rank, "
+                       "resumable; table and figure")
+    p.add_argument("--data-root", help="folder with the unpacked CIFAR python batches (cifar-10-batches-py, "
+                   "cifar-100-python)")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or cifar10,cifar100")
+    p.add_argument("--ranks", help="comma-separated ranks r (default 16,24,32,48,64; --tiny: 2,4)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --tiny: 0)")
+    p.add_argument("--epochs", type=float, help="epochs per run (default 250, --tiny 2); warm-up scales")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N (under torchrun: cuda)")
+    p.add_argument("--out", default="runs/reproduce", help="tables, figures, checkpoints, logs")
+    p.add_argument("--store", help="results store (default OUT/store)")
+    p.add_argument("--tiny", action="store_true", help="small ViT (width 32, depth 2), 2 epochs: a quick "
+                   "check of the whole path on a CPU")
+    p.add_argument("--executor", default="local", help="local (here; torchrun for several GPUs), slurm or "
+                   "submitit-local (submitit)")
+    p.add_argument("--partition", help="SLURM partition (executor slurm)")
+    p.add_argument("--checkpoint-every", type=_int_in(1, 10**9),
+                   help="steps between checkpoints (default: one epoch; --tiny: 1)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="default bf16 on cuda, fp32 on cpu")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory layout (default on cuda)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (eager "
+                   "if it fails)")
+    p.add_argument("--augment", default="crop-flip", choices=("crop-flip", "flip", "none"),
+                   help="training augmentation: random crop (padding 4) + horizontal flip (default)")
+    p.add_argument("--report-only", action="store_true", help="only redraw the table and figure from "
+                   "the store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("figures", help="regenerate the paper's figures")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or full (paper scale)")

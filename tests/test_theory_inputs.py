@@ -254,8 +254,8 @@ def no_compute(monkeypatch):
     (["theory", "bp", "--layers", "1"], ["layers=1", ">= 2"]),
     (["theory", "bp", "--points", "0"], ["n_points=0", "positive integer"]),
     (["theory", "nosuchrule"], ["'nosuchrule'", "allowed: bp"]),
-    (["theory", "ld", "--rank", "1", "--p-rule", "nope"], ["p_rule 'nope'", "oja"]),
-    (["theory", "ld", "--rank", "1", "--q-rule", "nope"], ["q_rule 'nope'", "aligned"]),
+    (["theory", "ld", "--rank", "1", "--p-rule", "nope"], ["--p-rule 'nope'", "oja"]),
+    (["theory", "ld", "--rank", "1", "--q-rule", "nope"], ["--q-rule 'nope'", "aligned"]),
     (["theory", "ld", "--rank", "1", "--q-rule", "kp", "--direct"], ["kp", "--direct"]),
     (["theory", "bp", "--direct"], ["'bp'", "dfa, ld"]),
 ])
@@ -272,8 +272,8 @@ def test_cli_theory_rejects(capsys, tmp_path, no_compute, argv, needles):
     (["derive", "bp", "--layers", "1"], ["layers=1", ">= 2"]),
     (["derive", "bp", "--direct"], ["'bp'", "dfa, ld"]),
     (["derive", "fa", "--p-rule", "oja"], ["'fa'", "ld rules only"]),
-    (["derive", "ld", "--p-rule", "pca"], ["p_rule 'pca'", "fixed, oja, svd, kp, lowrank"]),
-    (["derive", "ld", "--q-rule", "transpose"], ["q_rule 'transpose'", "fixed, aligned, kp"]),
+    (["derive", "ld", "--p-rule", "pca"], ["--p-rule 'pca'", "fixed, oja, svd, kp, lowrank"]),
+    (["derive", "ld", "--q-rule", "transpose"], ["--q-rule 'transpose'", "fixed, aligned, kp"]),
     (["derive", "ld", "--p-rule", "kp", "--q-rule", "fixed", "--direct"], ["kp", "--direct"]),
     (["derive", "ldfa-local", "--direct"], ["kp", "--direct"]),
 ])

@@ -19,7 +19,7 @@ from ldfa import cli
 from ldfa.theory import trajectory as trajectory_mod
 from ldfa.theory.config import TheoryConfig
 from ldfa.theory.integrate import integrate, integrate_modes
-from ldfa.theory.rules import P_RULES, PRESETS, Q_RULES
+from ldfa.theory.rules import P_RULES, PRESETS, Q_RULES, defaults
 from ldfa.theory.trajectory import Trajectory
 
 SMALL = dict(n_in=12, hidden=12, n_out=4, spectrum=(3.0, 2.0), t_max=5.0, n_points=21)
@@ -47,10 +47,9 @@ class Case:
         self.argv += ["--p-rule", p] if p else []
         self.argv += ["--q-rule", q] if q else []
         self.argv += ["--direct"] if direct else []
-        if rule in PRESETS:
-            p, q = (p or PRESETS[rule][0]), (q or PRESETS[rule][1])
-        elif rule == "ld":
-            p, q = p or "oja", q or "aligned"
+        if rule == "ld" or rule in PRESETS:  # the rule's defaults, from the one vocabulary
+            d = defaults(rule, direct)
+            p, q = p or d["p_rule"], q or d["q_rule"]
         self.p, self.q = p, q
         self.name = f"ld[{p},{q}]" + ("-direct" if direct else "") if p else rule
         self.id = "-".join(self.argv[1:]).replace("--", "")
