@@ -336,8 +336,8 @@ class TeacherStudentODE:
                         method="RK45", rtol=rtol, atol=atol, events=psd)
         stopped = None if sol.status == 0 else float(sol.t[-1]) if len(sol.t) else 0.0
         if stopped is not None and not partial:
-            raise RuntimeError(f"ODE integration stopped at t = {stopped:.4g}: "
-                               f"{sol.message if sol.status < 0 else 'Ω left the positive semi-definite cone'}")
+            why = sol.message if sol.status < 0 else "Ω left the positive semi-definite cone"
+            raise RuntimeError(f"ODE integration stopped at t = {stopped:.4g}: {why}")
         states = [self.unpack(y) for y in sol.y.T]
         eps = np.full(len(t_eval), np.nan)
         eps[:len(states)] = [self.error(st) for st in states]
@@ -378,17 +378,20 @@ def integrate_from(setup: Setup, w, wstar, v, vstar, mats: dict, t_eval, partial
 # -- the generic equations as LaTeX -----------------------------------------------------------
 
 def equations_latex(rule: FeedbackRule | str = "bp", **rule_options) -> str:
-    """The ODEs in index form plus the rule's F and flows, as an ``align`` environment."""
+    """The ODEs in index form plus the rule's F and flows, as an ``align`` environment.
+
+    Weight-decay terms (−ηλ R, −2ηλ Q, −η_v λ v) are left out of the printed form.
+    """
     fs = feedback_system(rule, **rule_options)
-    eta, eta_v = sp.symbols(r"eta eta_v", positive=True)
+    eta_v = sp.Symbol("eta_v", positive=True)
     head = [
         r"\frac{\mathrm{d}R_{km}}{\mathrm{d}t} &= \eta \sum_{a} \Phi_{ka}\, I_3(k, \bar m, a)",
         r"\frac{\mathrm{d}Q_{kl}}{\mathrm{d}t} &= \eta \sum_{a} \left[\Phi_{ka} I_3(k, l, a) + "
         r"\Phi_{la} I_3(l, k, a)\right] + \eta^2 \sum_{a,c} \Phi_{ka}\Phi_{lc}\, I_4(k, l, a, c)",
         rf"\frac{{\mathrm{{d}}v}}{{\mathrm{{d}}t}} &= {sp.latex(eta_v)}\, G,\quad "
-        r"G = V I_2[:, :K],\quad C = V I_2 V^\top,\quad \Phi = F V,\quad V = [-v,\ v^*]",
+        r"G = \langle e\, g(\lambda)^\top\rangle,\quad C = V I_2 V^\top,\quad \Phi = F V,"
+        r"\quad V = [-v,\ v^*]",
     ]
-    del eta
     return "\\begin{align}\n" + " \\\\\n".join(head + [fs.latex()]) + "\n\\end{align}"
 
 
