@@ -107,10 +107,9 @@ def _plot(data, out_dir):
                         label=f"r = {r} (simulation)")
             ax.set_yscale("log")
             ax.set(xlabel="time t = steps/N", ylabel=r"$\epsilon_g$",
-                   title=f"ld[{'fixed,fixed' if name == 'fixed' else 'oja,aligned'}], "
-                         f"M = {M}, D = {D}")
+                   title=f"{'fixed P, Q' if name == 'fixed' else r'Oja P, Q = $v^TP^T$'}; M = {M}, D = {D}")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=6)
+    fig.legend(handles, labels, loc="outside lower center", ncol=D + 1, fontsize=6)
     return save(fig, out_dir, "nonlinear_rank")
 
 

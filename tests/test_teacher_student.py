@@ -124,3 +124,15 @@ def test_ode_tracks_online_sgd(rule, kw):
     rel = (run.eps() - ode)[:, 1:] / ode[:, 1:]
     assert np.max(np.abs(rel.mean(0))) <= 4 * np.max(rel.std(0, ddof=1)) / 2
     assert ode[:, -1].mean() < ode[:, 0].mean()
+
+
+def test_rank_figure_tiny(tmp_path):
+    from ldfa.figures import nonlinear_figs
+
+    paths = nonlinear_figs.nonlinear_rank(tmp_path, "tiny")
+    names = {p.name for p in paths}
+    assert {"nonlinear_rank.png", "nonlinear_rank.json", "nonlinear_rank_numbers.tex"} <= names
+    tex = (tmp_path / "nonlinear_rank_numbers.tex").read_text()
+    assert r"\newcommand{\TsSimBpTwo}" in tex and r"\TsEquations" in tex
+    with pytest.raises(ConfigError, match="preset"):
+        nonlinear_figs.compute("huge")
