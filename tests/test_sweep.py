@@ -1,4 +1,4 @@
-"""Issue 8 (in progress): sweeps survive SIGKILL, keep one result per run, validate first."""
+"""Sweeps survive SIGKILL, keep one result per run, and validate the whole grid first."""
 
 import json
 import os
@@ -78,10 +78,15 @@ def test_submitit_local_executor(tmp_path):
 
 @pytest.mark.parametrize("config,match", [
     ({"grid": {"rule": ["bp", "nope"]}}, "unknown rule 'nope'"),
-    ({"grid": {"rule": ["fa"], "rank": [3]}}, "rank applies to ld rules only"),
+    ({"grid": {"rule": ["fa"], "rank": [3]}}, "applies to ld rules only"),
     ({"grid": {"learning_rate": [0.1]}}, "unknown training option"),
     ({"grid": {"seed": []}}, "non-empty list"),
     ({"base": BASE}, "needs a 'grid'"),
+    ({"base": {**BASE, "rule": "ld"}, "grid": {"rank": [1, 2, 3, 4, 10**9]}}, "run 5 of 5"),
+    ({"base": {**BASE, "rule": "ld"}, "grid": {"rank": [1, 2, 3, 4, 17]}}, "rank r=17 exceeds layer"),
+    ({"base": BASE, "grid": {"seed": [0, 1]}, "include": [{"model": "nope"}]}, "run 3 of 3"),
+    ({"base": "mlp", "grid": {"seed": [0]}}, "'base' = 'mlp' must be an object"),
+    ({"include": [1, 2]}, "'include' = [1, 2] must be a list of objects"),
 ])
 def test_bad_sweep_config_fails_before_any_run(tmp_path, capsys, config, match):
     path = write(tmp_path, config)
