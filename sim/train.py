@@ -21,6 +21,7 @@ from ..theory.rules import resolve, rule_names
 from ..theory.trajectory import atomic_write
 from . import data as datasets
 from . import models
+from .augment import AUGMENTS, augment
 from .layers import (
     convert,
     feedback_layers,
@@ -29,10 +30,12 @@ from .layers import (
     refresh_factors,
     set_tracking,
 )
+from .schedule import SCHEDULES, lr_factor, set_lr
 from .strict import add_strict_bottleneck
 from .target_prop import TP_DEFAULTS, TP_RULES, TargetProp, TargetPropMLP
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16")
 TRANSFER = ("toast", "probe", "finetune")
 
 
@@ -77,6 +80,13 @@ class TrainConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     model_options: dict = field(default_factory=dict)
+    schedule: str = "constant"  # lr: constant or cosine, after warmup_epochs of linear warm-up (schedule.py)
+    warmup_epochs: float = 0.0
+    augment: str = "none"  # training batches: none, flip, crop-flip, on the device (sim/augment.py)
+    fb_clamp: float | None = None  # elementwise clamp of the rules' own gradients (B, P, Q); default: clamp
+    precision: str = "fp32"  # fp32, or bf16: forward and loss under torch.autocast (weights stay fp32)
+    channels_last: bool = False  # conv weights and image batches in channels-last memory layout
+    compile: bool = False  # torch.compile the training forward (eager if compiling fails)
 
     def __post_init__(self):
         _check_values(self)  # types and ranges of every field, before the cross-field checks
@@ -132,6 +142,14 @@ class TrainConfig:
             if self.rank is None or self.direct:
                 raise ConfigError(f"svd_reinit applies to layerwise ld rules (with a rank), "
                                   f"not to {self.rule!r}")
+        for name, value, allowed in (("schedule", self.schedule, SCHEDULES),
+                                     ("augment", self.augment, AUGMENTS),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r}; allowed: {', '.join(allowed)}")
+        if self.augment != "none" and self.model in ("linear", "mlp"):
+            raise ConfigError(f"augment={self.augment!r} transforms images: model {self.model!r} reads "
+                              "flattened inputs; use cnn, resnet or vit, or augment='none'")
         if self.strict and (self.model not in ("vit", "resnet") or self.rank is None):
             raise ConfigError(f"strict=True needs a model with residual blocks (vit, resnet) and a rank r; "
                               f"got model {self.model!r}, rank {self.rank!r}")
@@ -181,9 +199,9 @@ DEFAULT_HIDDEN = (256, 256)
 DATA_SHAPES = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
                "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
                "linear-teacher": ((100,), 10), "random-teacher": ((100,), 10)}
-_STRINGS = ("model", "data", "rule", "scaling", "optimizer", "device")
+_STRINGS = ("model", "data", "rule", "scaling", "optimizer", "device", "schedule", "augment", "precision")
 _OPTIONAL_STRINGS = ("data_root", "p_rule", "q_rule", "factor_init", "transfer", "backbone")
-_BOOLS = ("direct", "clip_rank", "tp_normalize", "strict")
+_BOOLS = ("direct", "clip_rank", "tp_normalize", "strict", "channels_last", "compile")
 _INTS = {"rank": (1, MAX_WIDTH), "steps": (1, MAX_COUNT), "batch_size": (1, MAX_COUNT),
          "inverse_iters": (1, 1000), "seed": (0, MAX_SEED), "log_every": (1, MAX_COUNT),
          "train_subset": (1, MAX_COUNT), "test_subset": (1, MAX_COUNT)}
@@ -191,9 +209,10 @@ _INTS = {"rank": (1, MAX_WIDTH), "steps": (1, MAX_COUNT), "batch_size": (1, MAX_
 _FLOATS = {"epochs": (0, False, 1e6), "lr": (0, False, math.inf), "momentum": (0, True, 1),
            "weight_decay": (0, True, math.inf), "fb_lr": (0, False, math.inf),
            "fb_weight_decay": (0, True, math.inf), "clamp": (0, False, math.inf),
-           "tp_beta": (0, False, math.inf), "tp_noise": (0, True, math.inf)}
+           "tp_beta": (0, False, math.inf), "tp_noise": (0, True, math.inf),
+           "warmup_epochs": (0, True, 1e6), "fb_clamp": (0, False, math.inf)}
 _OPTIONAL = {"rank", "steps", "inverse_iters", "train_subset", "test_subset", "fb_lr", "fb_weight_decay",
-             "clamp", "tp_beta"}
+             "clamp", "tp_beta", "fb_clamp"}
 
 
 def _is_int(v) -> bool:
@@ -458,13 +477,20 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
     started again with the same checkpoint resumes where it stopped, bit-identically on CPU.
     """
     model, train_set, test_set = build(cfg)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    fb_ids = {id(p) for p in feedback_parameters(model)}
     model, rank, world = _distributed(model, cfg)
     core = model.module if world > 1 else model  # the network itself (DDP wraps it)
+    forward = _Forward(model, cfg)
+    fill = _black(train_set)
     log_path = log_path if rank == 0 else None
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     reinit_every = max(1, round(cfg.svd_reinit * steps_per_epoch)) if cfg.svd_reinit else 0
     total = cfg.steps or max(1, round(cfg.epochs * steps_per_epoch))
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     gen = torch.Generator(device=train_set.device).manual_seed(cfg.seed)
     history, start, epoch, in_epoch, epoch_gen = [], 1, 0, 0, None
     if checkpoint and Path(checkpoint).exists():
@@ -493,12 +519,20 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
             batches = train_set.batches(cfg.batch_size, shuffle=True, generator=gen)
             x, y = next(batches)
         in_epoch += 1
+        if cfg.augment != "none":  # the draws of (seed, step): a resumed run sees the same images
+            x = augment(x, cfg.augment, cfg.seed, step, fill=fill)
         if world > 1:  # every process draws the same batch and trains on its share
             x, y = x[rank::world], y[rank::world]
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if cfg.schedule != "constant" or warmup:
+            set_lr(opt, base_lrs, lr_factor(step, total, warmup, cfg.schedule))
         track = step % cfg.log_every == 0 or step == total
         set_tracking(model, track)
-        out = model(x)
-        loss = loss_fn(out, y)
+        bf16 = cfg.precision == "bf16"
+        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=bf16):
+            out = forward(x)
+            loss = loss_fn(out, y)
         if not math.isfinite(loss.item()):
             if log:
                 log.write(json_line({"step": step, "loss": loss.item(), "status": "diverged"}))
@@ -508,10 +542,11 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
                                    f"{len(history)} logged rows kept; lower the lr or clamp gradients")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.clamp:
+        if cfg.clamp or cfg.fb_clamp:  # elementwise: W, b at clamp; B, P, Q at fb_clamp (default clamp)
             for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.clamp_(-cfg.clamp, cfg.clamp)
+                c = (cfg.fb_clamp or cfg.clamp) if id(p) in fb_ids else cfg.clamp
+                if c and p.grad is not None:
+                    p.grad.clamp_(-c, c)
         opt.step()
         if reinit_every and step % reinit_every == 0:
             refresh_factors(core)
@@ -538,6 +573,36 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
     final = evaluate(core, test_set)
     return {"config": dataclasses.asdict(cfg), "history": history, **final, "rank": rank, "world": world,
             "steps": total, "seconds": time.perf_counter() - t0, "model": core}
+
+
+class _Forward:
+    """The training forward pass: the model itself, or torch.compile of it (cfg.compile); a
+    compile that fails at the first call falls back to the eager model with one warning line."""
+
+    def __init__(self, model, cfg: TrainConfig):
+        self.model, self.fn = model, model
+        if cfg.compile:
+            self.fn = torch.compile(model)
+
+    def __call__(self, x):
+        if self.fn is self.model:
+            return self.model(x)
+        try:
+            return self.fn(x)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: train eagerly instead
+            import sys
+
+            line = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            print(f"ldfa: torch.compile failed ({line}); training without it", file=sys.stderr)
+            self.fn = self.model
+            return self.model(x)
+
+
+def _black(dataset):
+    """The standardized value of a black pixel per channel, −mean_c/std_c (padding of random crops)."""
+    if not dataset.mean:
+        return None
+    return [-m / max(s, 1e-12) for m, s in zip(dataset.mean, dataset.std)]
 
 
 def strict_json(value):
@@ -571,7 +636,9 @@ def _distributed(model, cfg):
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
     rank = dist.get_rank()
-    device_ids = [torch.device(cfg.device).index or 0] if cfg.device.startswith("cuda") else None
+    index = torch.device(cfg.device).index if cfg.device.startswith("cuda") else None
+    device_ids = [torch.cuda.current_device() if index is None else index] if cfg.device.startswith("cuda") \
+        else None  # "cuda": the process's current device (torch.cuda.set_device(LOCAL_RANK) under torchrun)
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids), rank, world
 
 
