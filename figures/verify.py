@@ -69,11 +69,11 @@ def _eta(quick):
 
 
 def check_saxe(quick=True, learning_time=pred.bp_learning_time) -> Result:
-    """SPEC 3.1: bp from balanced aligned init a_1 = a_2 = a_0 learns mode α at
-    t½ = τ/(2 s_α) ln[(s_α - u_0)/u_0], u_0 = a_0².
+    """Linear theory, prediction 3.1: bp from balanced aligned init a_1 = a_2 = a_0 learns mode α
+    at t½ = τ/(2 s_α) ln[(s_α - u_0)/u_0], u_0 = a_0².
 
-    Tolerance η s_max relative: gradient descent is Euler's method, which shifts the
-    logistic's time-to-half by O(η s) (measured 0.4 η s_max at η = 0.01 and 0.002).
+    Tolerance 0.5 η s_max relative: gradient descent is Euler's method, which shifts the
+    logistic's time-to-half by O(η s) (measured 0.40 η s_max at η = 0.01).
     """
     eta = _eta(quick)
     run = simulate([12, 10, 6], SPECTRUM, "bp", eta=eta, t_end=6.0, init_scale=1e-2)
@@ -82,7 +82,7 @@ def check_saxe(quick=True, learning_time=pred.bp_learning_time) -> Result:
     sim = crossing_times(run, SPECTRUM)
     curves = {"t": run.t, "sim": run.modes, "theory": np.stack(
         [pred.saxe_mode_strength(run.t, s, u0) for s in SPECTRUM], 1), "ylabel": MODE_LABEL}
-    return _result("saxe", "t½ per mode (τ)", theory, sim, eta * max(SPECTRUM), curves)
+    return _result("saxe", "t½ per mode (τ)", theory, sim, 0.5 * eta * max(SPECTRUM), curves)
 
 
 def fa_alignment_quantity():
@@ -115,9 +115,9 @@ def check_fa(quick=True, final_loss=0.0, quantity=None) -> Result:
     the one :func:`ldfa.theory.analysis.conserved_quantities` proves conserved).
 
     Measured: the drift max_t ‖K(t) - K(0)‖_F / ‖W_1 W_1ᵀ‖_F (at the end, its largest), and the
-    loss at t = 20τ relative to the initial loss. Tolerances: drift 0.5 η s_max: each Euler step changes K by
-    η² (B ΔW_2 terms and ΔW_1 ΔW_1ᵀ), so the drift is O(η) over a fixed time (measured
-    0.14 η s_max at η = 0.01 and 0.002); loss 1e-6: the flow converges exponentially once
+    loss at t = 20τ relative to the initial loss. Tolerances: drift 0.4 η s_max: each Euler step
+    changes K by O(η²) (B ΔW_2 terms and ΔW_1 ΔW_1ᵀ), so the drift is O(η) over a fixed time
+    (measured 0.27 η s_max at η = 0.01); loss 1e-6: the flow converges exponentially once
     aligned (rate ≥ the smallest s² scale), so by t = 20τ the residual is ~e^{-20}, and
     Euler at η ≤ 0.01 converges to the same fixed point.
     """
@@ -131,7 +131,7 @@ def check_fa(quick=True, final_loss=0.0, quantity=None) -> Result:
     drift_curve = np.array([np.linalg.norm(k - Ks[0]) for k in Ks]) / scale
     drift = float(drift_curve.max())
     loss_ratio = float(run.loss[-1] / run.loss[0])
-    tol = 0.5 * eta * max(SPECTRUM)
+    tol = 0.4 * eta * max(SPECTRUM)
     ok = bool(np.all(np.isfinite(run.loss)) and drift <= tol and abs(loss_ratio - final_loss) <= 1e-6)
     return Result("fa", "conserved K drift; L(20)/L(0)", 0.0, drift, drift, tol, ok,
                   curves={"t": run.t, "sim": drift_curve[:, None], "theory": np.zeros((len(run.t), 1)),
@@ -139,11 +139,12 @@ def check_fa(quick=True, final_loss=0.0, quantity=None) -> Result:
 
 
 def check_fixed_p(quick=True, plateau=pred.fixed_feedback_plateau) -> Result:
-    """SPEC 3.3: ld with fixed random P, Q and r = 2 < rank W* = 3, W_1(0) = 0, plateaus at
-    ½‖W*(I - Π)‖², Π the projector onto span(W*ᵀPᵀ).
+    """Linear theory, prediction 3.3: ld with fixed random P, Q and r = 2 < rank W* = 3,
+    W_1(0) = 0, plateaus at ½‖W*(I - Π)‖², Π the projector onto span(W*ᵀPᵀ).
 
-    Tolerance 1e-4 relative: gradient descent has the same fixed point as the flow, so the
-    only error is the distance to convergence at t = 60τ (the slowest rate here is O(0.1/τ)).
+    Tolerance 1e-8 relative: gradient descent has the same fixed point as the flow, so the
+    only error is the distance to convergence at t = 60τ, which is below round-off there
+    (measured 0 at η = 0.02); 1e-8 leaves room for another platform's rounding.
     """
     eta = _eta(quick) * 2
     run = simulate([12, 10, 6], SPECTRUM, "ld", eta=eta, t_end=60.0, init="first-zero",
@@ -151,18 +152,19 @@ def check_fixed_p(quick=True, plateau=pred.fixed_feedback_plateau) -> Result:
     layer = dict(feedback_layers(run.model))["layers.1"]  # W_2 carries the error to layer 1
     B = theory_matrix(layer, "B")  # the theory's B = Q P (n_1 x d)
     theory = plateau(run.teacher[0].numpy(), B)
-    return _result("fixed-p-plateau", "final loss", np.array([theory]), np.array([run.loss[-1]]), 1e-4,
+    return _result("fixed-p-plateau", "final loss", np.array([theory]), np.array([run.loss[-1]]), 1e-8,
                    {"t": run.t, "sim": run.loss[:, None], "theory": np.full((len(run.t), 1), theory),
                     "ylabel": "loss"})
 
 
 def check_adapting_p(quick=True, reference=None) -> Result:
-    """SPEC 3.4: ld with P = top-r(⟨δδᵀ⟩) (svd, refreshed every step) and aligned Q, r = rank W*,
-    follows the bp trajectory; theory: the integrated bp matrix ODE from the same start.
+    """Linear theory, prediction 3.4: ld with P = top-r(⟨δδᵀ⟩) (svd, refreshed every step) and
+    aligned Q, r = rank W*, follows the bp trajectory; theory: the integrated bp matrix ODE from
+    the same start (``reference``: that loss curve).
 
-    Measured: max |L_sim(t) - L_bp(t)| / L_bp(0). Tolerance 1.5 η s_max: the Euler error of
-    the simulated trajectory itself (bp simulated vs its ODE: 0.83 η s_max at η = 0.01 and
-    0.002; ld simulated vs bp simulated: 3e-16 from this aligned start).
+    Measured: max |L_sim(t) - L_bp(t)| / L_bp(0). Tolerance 1.0 η s_max: the Euler error of
+    the simulated trajectory itself (measured 0.83 η s_max at η = 0.01; ld simulated vs bp
+    simulated: 3e-16 from this aligned start).
     """
     eta = _eta(quick)
     widths, t_end = [12, 10, 6], 6.0
@@ -173,17 +175,17 @@ def check_adapting_p(quick=True, reference=None) -> Result:
                            init_scale=1e-2, t_max=t_end, n_points=len(run.t), rtol=1e-9, atol=1e-12)
         reference = integrate(cfg, t_eval=run.t)["loss"]
     dev = float(np.max(np.abs(run.loss - reference)) / reference[0])
-    tol = 1.5 * eta * max(SPECTRUM)
+    tol = 1.0 * eta * max(SPECTRUM)
     return Result("adapting-p-bp", "max |L_ld - L_bp| / L(0)", 0.0, dev, dev, tol, dev <= tol,
                   curves={"t": run.t, "sim": run.loss[:, None], "theory": np.asarray(reference)[:, None],
                           "ylabel": "loss"})
 
 
 def check_sequential(quick=True, learning_times=pred.mode_learning_times) -> Result:
-    """SPEC 3.5: with r = 1 < rank W* = 3 (svd P, aligned Q) the modes are learned one after
-    another; theory: the per-mode ODEs with top-r selection.
+    """Linear theory, prediction 3.5: with r = 1 < rank W* = 3 (svd P, aligned Q) the modes are
+    learned one after another; theory: the per-mode ODEs with top-r selection.
 
-    Tolerance η s_max relative: Euler error as for bp; the switching times inherit it
+    Tolerance 0.5 η s_max relative: Euler error as for bp; the switching times inherit it
     (measured 0.33 η s_max at η = 0.01).
     """
     eta = _eta(quick)
@@ -191,7 +193,7 @@ def check_sequential(quick=True, learning_times=pred.mode_learning_times) -> Res
                    p_rule="svd", q_rule="aligned", svd_refresh=1, svd_momentum=0.0, record_every=2)
     theory = np.asarray(learning_times(SPECTRUM, 1, init_scale=1e-2))
     sim = crossing_times(run, SPECTRUM)
-    return _result("sequential-modes", "t½ per mode (τ), r = 1", theory, sim, eta * max(SPECTRUM),
+    return _result("sequential-modes", "t½ per mode (τ), r = 1", theory, sim, 0.5 * eta * max(SPECTRUM),
                    {"t": run.t, "sim": run.modes, "ylabel": MODE_LABEL, "marks": theory,
                     "theory": _mode_curves(run.t, "ld", rank=1, p_rule="svd", q_rule="aligned",
                                            init_scale=1e-2)})
@@ -207,36 +209,38 @@ def _mode_curves(t, rule, layers=2, **kw):
 
 
 def check_deep(quick=True, learning_time=pred.deep_learning_time) -> Result:
-    """SPEC 3.6: 3 weight layers, balanced aligned start a_l = a_0: τ du/dt = 3u^{4/3}(s - u).
+    """Linear theory, prediction 3.6: 3 weight layers, balanced aligned start a_l = a_0:
+    τ du/dt = 3u^{4/3}(s - u).
 
-    Tolerance η s_max relative (Euler, as for two layers; measured 0.22 η s_max).
+    Tolerance 0.3 η s_max relative (Euler, as for two layers; measured 0.22 η s_max at η = 0.01).
     """
     eta = _eta(quick)
     a0 = 0.1
     run = simulate([10, 8, 8, 6], SPECTRUM, "bp", eta=eta, t_end=12.0, init_scale=a0)
     theory = np.array([learning_time(s, a0**3, 3) for s in SPECTRUM])
     return _result("deep-balanced", "t½ per mode (τ), L = 3", theory, crossing_times(run, SPECTRUM),
-                   eta * max(SPECTRUM), {"t": run.t, "sim": run.modes, "ylabel": MODE_LABEL, "marks": theory,
-                                         "theory": _mode_curves(run.t, "bp", layers=3, init_scale=a0)})
+                   0.3 * eta * max(SPECTRUM),
+                   {"t": run.t, "sim": run.modes, "ylabel": MODE_LABEL, "marks": theory,
+                    "theory": _mode_curves(run.t, "bp", layers=3, init_scale=a0)})
 
 
 def check_lambda(quick=True, learning_time=pred.lambda_balanced_learning_time) -> Result:
-    """SPEC 3.6: λ-balanced start a_2² - a_1² = λ (here λ = 1, a_1 = 0.05):
+    """Linear theory, prediction 3.6: λ-balanced start a_2² - a_1² = λ (here λ = 1, a_1 = 0.05):
     τ du/dt = √(λ² + 4u²)(s - u).
 
-    Tolerance η s_max relative (Euler; measured 0.1 η s_max).
+    Tolerance 0.15 η s_max relative (Euler; measured 0.10 η s_max at η = 0.01).
     """
     eta, lam, a1 = _eta(quick), 1.0, 0.05
     a2 = math.sqrt(lam + a1**2)
     run = simulate([12, 10, 6], SPECTRUM, "bp", eta=eta, t_end=6.0, layer_scales=[a1, a2])
     theory = np.array([learning_time(s, a1 * a2, lam) for s in SPECTRUM])
     return _result("lambda-balanced", "t½ per mode (τ), λ = 1", theory, crossing_times(run, SPECTRUM),
-                   eta * max(SPECTRUM), {"t": run.t, "sim": run.modes, "theory": None,
+                   0.15 * eta * max(SPECTRUM), {"t": run.t, "sim": run.modes, "theory": None,
                                              "ylabel": MODE_LABEL, "marks": theory})
 
 
-def check_nonlinear_rank(quick=True, classes=10) -> Result:
-    """Nonlinear guide (SPEC 4): in an MLP 784-256-256-10 (tanh) on Fashion-MNIST, the
+def check_nonlinear_rank(quick=True, classes=10, ranks=(1, 2, 5, 10, 20)) -> Result:
+    """Nonlinear guide (linear theory, section 4): in an MLP 784-256-256-10 (tanh) on Fashion-MNIST, the
     smallest r in {1, 2, 5, 10, 20} whose accuracy with the paper's method (preset ``ldfa``:
     lowrank P and Q, svd init) is within 1 point of bp.
 
@@ -249,7 +253,7 @@ def check_nonlinear_rank(quick=True, classes=10) -> Result:
     base = dict(model="mlp", hidden=(256, 256), epochs=1 if quick else 2,
                 model_options={"activation": "tanh"}, train_subset=20000 if quick else None)
     bp_acc = train(TrainConfig(rule="bp", **base), progress=False)["test_acc"]
-    ranks, accs = [1, 2, 5, 10, 20], []
+    ranks, accs = list(ranks), []
     r_star = float("nan")
     for r in ranks:
         accs.append(train(TrainConfig(rule="ldfa", rank=r, **base), progress=False)["test_acc"])

@@ -1,4 +1,5 @@
-"""Issue 4: the prediction registry, the comparison, and that a wrong theory fails."""
+"""`ldfa verify`: the prediction registry, the comparison, and that a wrong theory makes every
+check fail."""
 
 import json
 
@@ -15,7 +16,8 @@ def test_registry_entries_state_their_tolerance():
     assert len(verify.CHECKS) >= 8
     for name, fn in verify.CHECKS.items():
         doc = fn.__doc__ or ""
-        assert "SPEC" in doc, name  # names the prediction it checks
+        assert "prediction" in doc or "section" in doc, name  # names the prediction it checks
+        assert "SPEC" not in doc, name
         assert "Tolerance" in doc or "Pass criterion" in doc, name  # and justifies its tolerance
 
 
@@ -48,6 +50,33 @@ def test_wrong_theory_fails():
     assert not verify.check_fa(quick=True, final_loss=0.1).passed
 
 
+def test_wrong_theory_fails_deep_lambda_adapting():
+    slower = lambda f: (lambda *a, **k: 1.1 * f(*a, **k))  # noqa: E731
+    assert not verify.check_deep(quick=True, learning_time=slower(pred.deep_learning_time)).passed
+    lam_time = slower(pred.lambda_balanced_learning_time)
+    assert not verify.check_lambda(quick=True, learning_time=lam_time).passed
+    from ldfa.theory.config import TheoryConfig
+    from ldfa.theory.integrate import integrate
+
+    t = np.linspace(0.0, 6.0, 601)  # the quick check's times (η = 0.01)
+    cfg = TheoryConfig(rule="bp", n_in=12, hidden=10, n_out=6, spectrum=verify.SPECTRUM, init="aligned",
+                       init_scale=1e-2, t_max=6.0, n_points=601)
+    bp_loss = integrate(cfg, t_eval=t)["loss"]
+    assert not verify.check_adapting_p(quick=True, reference=1.1 * bp_loss).passed  # a 10% wrong theory
+
+
+def test_fa_check_measures_the_conserved_quantity_it_names():
+    """The fa check asserts conservation of the theory's K; a quantity that fa does not conserve
+    (bp's balance W_2ᵀ W_2 - W_1 W_1ᵀ) makes it fail."""
+    from ldfa.theory import derive
+
+    res = verify.check_fa(quick=True)
+    assert res.passed and 0 < res.deviation <= res.tolerance
+    W1, W2 = derive("fa").weights
+    assert not verify.check_fa(quick=True, quantity=("balance W_2^T W_2 - W_1 W_1^T",
+                                                     W2.T * W2 - W1 * W1.T)).passed
+
+
 def test_run_writes_report_and_plots(tmp_path):
     results = verify.run(["saxe", "lambda-balanced"], quick=True, out=tmp_path, progress=None)
     report = json.loads((tmp_path / "report.json").read_text())
@@ -73,3 +102,9 @@ def test_cli_exit_status(tmp_path, monkeypatch, capsys):
 def test_nonlinear_rank_check():
     res = verify.check_nonlinear_rank(quick=True)
     assert res.passed and res.simulation <= 10
+
+
+@needs_fashion_mnist
+def test_nonlinear_rank_check_fails_with_a_wrong_criterion():
+    """No rank can satisfy r* <= 0: the check must fail (one rank tried, to keep it short)."""
+    assert not verify.check_nonlinear_rank(quick=True, classes=0, ranks=(1,)).passed
