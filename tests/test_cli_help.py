@@ -85,5 +85,5 @@ def test_examples_use_existing_options(path):
             continue
         args = match.group(2).split("#", 1)[0].split("`", 1)[0]
         wrong += [f"ldfa {match.group(1)} {flag}" for flag in FLAG.findall(args)
-                  if flag not in _options(commands[match.group(1)])]
+                  if flag not in _options(commands[match.group(1)]) | {"--help"}]
     assert not wrong, f"{path.name}: options that do not exist: {wrong}"
