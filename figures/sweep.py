@@ -230,6 +230,9 @@ def sweep(config: dict, store_root="runs/store", workers: int = 2, executor: str
                     pool.shutdown(wait=True, cancel_futures=True)
                     done = sum(f.done() and not f.cancelled() and f.exception() is None for f in futures)
                     raise _stop(err, store_root, done) from None
+                except BaseException:  # any other failure (or Ctrl-C): queued runs are not started
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
                 if progress:
                     progress(_line(i, len(runs), runs[i], results[-1]))
     else:

@@ -483,6 +483,46 @@ def random_teacher(n_in: int = 100, hidden: int = 100, n_out: int | None = 10, n
 # ----------------------------------------------------------------------------- dispatch
 
 
+def check_files(name: str, root=None) -> None:
+    """Check, without reading them, that the files of data set ``name`` are where :func:`load`
+    will look (a one-line DatasetError naming the missing path and how to get it), so that a
+    run or a sweep fails before any compute rather than at its first data load."""
+    if name == "fashion-mnist" or name == "mnist":
+        if name == "mnist" and root is None:
+            mnist(None)   # raises the one-line error
+        fashion = name == "fashion-mnist"
+        hint, what = (FASHION_MNIST_HINT, "Fashion-MNIST") if fashion else (MNIST_HINT, "MNIST")
+        folder = Path(root) if root is not None else FASHION_MNIST_ROOT
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such directory for {what}; {hint}")
+        for split in SPLITS:
+            for kind in ("images", "labels"):
+                _idx_file(folder, split, kind, hint)
+    elif name in ("cifar10", "cifar100"):
+        classes = 10 if name == "cifar10" else 100
+        folder_name = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+        archive = "cifar-10-python.tar.gz" if classes == 10 else "cifar-100-python.tar.gz"
+        hint = f"download {archive} from {CIFAR_URL}, unpack it and pass root=DIR"
+        if root is None:
+            raise DatasetError(f"{name}: root is required (no default location); {hint}")
+        folder = Path(root)
+        if (folder / folder_name).is_dir():
+            folder = folder / folder_name
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: no such directory for CIFAR-{classes}; {hint}")
+        names = ["train", "test"]
+        if classes == 10:
+            names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        for file in names:
+            if not (folder / file).is_file():
+                raise DatasetError(f"{folder / file}: file not found; {hint}")
+    elif name in ("linear-teacher", "random-teacher"):
+        if root is not None:
+            raise ConfigError(f"root={str(root)!r}: {name} is synthetic and reads no files; leave root unset")
+    else:
+        raise ConfigError(f"data set {name!r}: must be one of {', '.join(NAMES)}")
+
+
 def load(name: str, root=None, split: str = "train", flatten: bool = False, **options) -> Dataset:
     """The data set ``name`` as a normalized :class:`Dataset`.
 

@@ -278,10 +278,13 @@ def check_model(cfg: TrainConfig) -> int:
     """Build the network of ``cfg`` before any data is read, so that the size, the model options
     and the rank against each layer's widths are checked before any compute: first without
     memory on the meta device (size), then, up to CHECK_BUILD_LIMIT weights, on the CPU with its
-    rule in place. Returns the number of weights. A transfer run's backbone file is checked instead."""
+    rule in place. Returns the number of weights. A transfer run's backbone file is checked instead.
+    The data set's files are checked to exist (datasets.check_files) without being read."""
     if cfg.transfer:
         load_state(cfg.backbone)
+        datasets.check_files(cfg.data, cfg.data_root)
         return 0
+    datasets.check_files(cfg.data, cfg.data_root)
     kw = dict(cfg.model_options)
     if cfg.model in ("linear", "mlp"):
         kw.setdefault("hidden", list(cfg.hidden))

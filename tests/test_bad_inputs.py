@@ -82,6 +82,8 @@ TRAIN_OTHER = [
     ["--hidden", "60000,60000"], ["--data", "cifar10", "--data-root", "/nonexistent/cifar"],
     ["--data", "mnist", "--data-root", "/nonexistent/mnist"],
     ["--data", "linear-teacher", "--classes", "1,2"],
+    ["--data", "fashion-mnist", "--data-root", "/nonexistent"],
+    ["--data", "linear-teacher", "--data-root", "/tmp"],
 ]
 
 
@@ -110,6 +112,8 @@ def _sweep_configs():
         {"base": {**base, "model": "cnn"}, "grid": {"hidden": [[999]]}},
         {"base": base, "grid": {"seed": [0, 1, 2, 3], "momentum": [2.0]}},
         {"base": base, "grid": {"seed": list(range(1000)), "lr": [0.1] * 1000}},
+        {"base": {**base, "data": "cifar10", "data_root": "/nonexistent"}, "grid": {"seed": [0, 1]}},
+        {"base": base, "grid": {"seed": [0, 1]}, "include": [{"data": "mnist"}]},
     ]
     return [json.dumps(c) if not isinstance(c, str) else c for c in configs]
 
