@@ -183,7 +183,8 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
 
     rule: any name of ldfa.theory.rules.rule_names(), including rules registered at run time
       (they train through the generic path). Defaults: ldfa.theory.rules (docs/rules.md).
-    rank: r for ld rules; a layer's rank is rank·rank_scale[suffix] for a module name ending
+    rank: r for ld rules (direct: min(r, n_out), one for all layers); a layer's rank is
+      rank·rank_scale[suffix] for a module name ending
       in suffix (default: qkv -> 3r, as in the authors' ViT), and the output layer's is cut
       to min(r, n_out). A rank above another layer's min(n_in, n_out) (conv: n_in = C_in·k·k)
       is an error, unless clip_rank=True cuts it there (the authors' min(r, n_l, n_{l+1})).
@@ -229,7 +230,9 @@ def convert(model: nn.Module, rule: str = "ld", rank: int | None = None, p_rule:
         else:
             ops = LinearOps()
         r = None
-        if spec.rule.uses_rank:
+        if spec.rule.uses_rank and spec.direct:
+            r = min(rank, out_features)  # one bottleneck z = P e of r numbers, shared by every layer
+        elif spec.rule.uses_rank:
             n_out, n_in = ops.flat(m.weight).shape[-2:]
             scale = next((v for k, v in rank_scale.items() if name.endswith(k)), 1)
             r = rank * scale
