@@ -109,7 +109,8 @@ def estimate(cfg: dict, n_train: int = 50_000, n_test: int = 10_000) -> dict:
     """FLOPs, time and memory of one run. Training an image costs ≈ 3 forward passes (forward,
     and backward for inputs and weights), 2 FLOPs a MAC: 6·MACs per image per epoch, plus 2·MACs
     per test image per epoch (evaluation each epoch). The ld feedback replaces each Wᵀδ by
-    Q(Pδ) and adds P, Q updates: within ±10 % of bp at these ranks, not counted. Memory: fp32
+    Q(Pδ) (r·(n_in + n_out) instead of n_in·n_out MACs a token) and adds the P, Q updates
+    (O(r·n_in·n_out) a step, not an image): no more than bp's count, so not added. Memory: fp32
     weights, gradients and two AdamW moments (16 bytes a weight), the stored activations of a
     batch (≈ (9 + 2ρ)·w + 2·h·T values per token and block, at 2 bytes in bf16, 4 in fp32) and
     the data set on the device (fp32)."""
