@@ -122,7 +122,7 @@ def run(preset: str = "quick", only: list[str] | None = None, out="figures/out",
               + (f"; LAYOUT: {problems[0]}" if problems else ""), flush=True)
         written += paths
     print(f"results store {store.root}: {stats['runs']} runs, {stats['cached']} cached, {stats['computed']} "
-          f"computed in {stats['seconds']:.0f} s"
+          f"computed in {stats['seconds']:.0f} s ({stats['cpu_seconds']:.0f} s CPU)"
           + (f", {late} computed while drawing (missing from the figure's job list)" if late else "")
           + (f"; {len(store.corrupt)} corrupt entries recomputed" if store.corrupt else "")
           + f"; total {time.perf_counter() - t_start:.0f} s", flush=True)

@@ -57,10 +57,10 @@ def _init_worker(threads: int) -> None:
 
 def _work(root: str, threads: int, code: str, job: Job) -> float:
     """In a worker: compute ``job`` into the store at ``root`` (keys with the main process's code
-    version); returns the seconds it took."""
-    t0 = time.perf_counter()
+    version); returns the (wall, CPU) seconds it took."""
+    t0, c0 = time.perf_counter(), time.process_time()
     Store(root, threads=threads, code=code).run(job)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def plan(jobs: list[Job], store: Store) -> tuple[dict, dict]:
@@ -82,7 +82,7 @@ class _Progress:
     """A tqdm bar weighted by estimated cost, with runs done / cached / total and what runs now."""
 
     def __init__(self, total_cost: float, n_jobs: int, cached: int, enabled: bool):
-        self.done, self.n, self.cached, self.running = 0, n_jobs, cached, []
+        self.done, self.n, self.cached, self.running, self.cpu = 0, n_jobs, cached, [], 0.0
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
@@ -102,10 +102,12 @@ class _Progress:
         self.running.append(job.label or job.kind)
         self._show()
 
-    def finish(self, job: Job, seconds: float):
+    def finish(self, job: Job, seconds: tuple[float, float]):
         self.running.remove(job.label or job.kind)
         self.done += 1
-        self.write(f"  [{self.done}/{self.n}] {job.label or job.kind}: {seconds:.1f} s")
+        self.cpu += seconds[1]
+        self.write(f"  [{self.done}/{self.n}] {job.label or job.kind}: {seconds[0]:.1f} s "
+                   f"({seconds[1]:.1f} s CPU)")
         if self.bar:
             self.bar.update(job.cost)
         self._show()
@@ -162,16 +164,17 @@ def execute(jobs: list[Job], store: Store, workers: int | None = None, progress:
             _inline(job, store, bar)
     finally:
         bar.close()
-    return {"runs": len(unique), "cached": cached, "computed": len(todo), "seconds": time.perf_counter() - t0}
+    return {"runs": len(unique), "cached": cached, "computed": len(todo), "seconds": time.perf_counter() - t0,
+            "cpu_seconds": bar.cpu}
 
 
 def _inline(job: Job, store: Store, bar: _Progress) -> None:
     bar.start(job)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     hits, misses = store.hits, store.misses
     store.run(job)
     store.hits, store.misses = hits, misses  # counted in the plan
-    bar.finish(job, time.perf_counter() - t)
+    bar.finish(job, (time.perf_counter() - t, time.process_time() - c))
 
 
 def _needs(job: Job, store: Store) -> list[str]:
