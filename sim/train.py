@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,10 +404,14 @@ def safe_torch_load(source, what: str):
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        found = next((line.strip() for line in first if "GLOBAL" in line or "global" in line), "")
-        raise ConfigError(f"{what} is refused: it holds more than tensors and plain values, and loading "
-                          f"it could run code ({found or 'unsupported content'})") from None
+        text = str(err)
+        found = re.search(r"GLOBAL [\w.]+", text)
+        if found or "reduce" in text:
+            raise ConfigError(f"{what} is refused: it holds more than tensors and plain values, and loading "
+                              f"it could run code ({found.group(0) if found else 'a reduce call'})") from None
+        detail = re.search(r"Unsupported operand \d+", text)
+        raise ConfigError(f"{what} is corrupt or not a torch file "
+                          f"({detail.group(0) if detail else 'UnpicklingError'})") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
         line = (str(err).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"{what} is corrupt ({type(err).__name__}: {line})") from None
@@ -417,7 +422,14 @@ def load_state(path) -> dict:
     unsafe file is a one-line error."""
     if not Path(path).is_file():
         raise ConfigError(f"backbone file {path} does not exist; train one with --save-model")
+    checkpoint = (f"backbone {path} is a training checkpoint (--checkpoint), not a model file; "
+                  "write one with --save-model")
+    with open(path, "rb") as f:
+        if f.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC:
+            raise ConfigError(checkpoint)
     state = safe_torch_load(path, f"backbone file {path}")
+    if isinstance(state, dict) and {"model", "optimizer", "step"} <= set(state):
+        raise ConfigError(checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"backbone file {path} is not a state dict of tensors; write one with --save-model")
     return state

@@ -144,3 +144,13 @@ def test_store_array_that_would_run_code_is_not_used(tmp_path):
     fresh = Store(tmp_path / "store")
     assert fresh.get(key) is None and fresh.corrupt  # treated as absent: recomputed, never unpickled
     assert not marker.exists()
+
+
+def test_garbage_is_corrupt_not_code_and_a_checkpoint_is_no_backbone(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ConfigError, match="is corrupt or not a torch file"):
+        training.load_state(tmp_path / "bad.pt")
+    ckpt = tmp_path / "run.pt"
+    train(TrainConfig(**SMALL, rule="bp"), progress=False, checkpoint=ckpt, checkpoint_every=4)
+    with pytest.raises(ConfigError, match="is a training checkpoint"):
+        training.load_state(ckpt)
