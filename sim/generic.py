@@ -153,7 +153,7 @@ class GenericRule(Rule):
         return {"feedback": tuple(W.shape), "compress": tuple(ops.p_shape(W, r)),
                 "expand": tuple(ops.q_shape(W, r))}[spec.shape]
 
-    def _crossing(self, layer, with_dims=True):
+    def _crossing(self, layer):
         """The crossing's sympy symbols for this layer (concrete sizes)."""
         n_above, n_below = self._dims(layer)
         n_below = n_below or 1  # conv direct before the input size is known
