@@ -87,3 +87,11 @@ def test_the_linter_would_catch_a_reference_outside():
     for sample in samples:
         assert any(p.search(sample) for p, _ in OUTSIDE), sample
     assert not any(p.search("SPECTRUM = (3, 2, 1); /usr/share/datasets") for p, _ in OUTSIDE)
+
+
+def test_readme_lists_every_figure():
+    from ldfa.figures.make import FIGURES
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in FIGURES if f"`{name}`" not in text]
+    assert not missing, f"README's figure table lacks {missing}"
