@@ -18,6 +18,8 @@ The names a user reaches for first are available here directly:
 - ``train(TrainConfig(...))``: train a network with a rule (ldfa.sim.train).
 - ``verify(only=None, quick=False)``: check the predictions against simulation
   (ldfa.figures.verify.run).
+- ``verify_rule(name, ...)``: check any rule's ODE against the simulated linear net
+  (ldfa.bridge.rule_check).
 
 Everything is imported on first use, so ``import ldfa`` is fast and does not import torch.
 See docs/index.md for the documentation and docs/api.md for the API reference.
@@ -40,6 +42,7 @@ SHORTCUTS = {
     "train": ("ldfa.sim.train", "train"),
     "TrainConfig": ("ldfa.sim.train", "TrainConfig"),
     "verify": ("ldfa.figures.verify", "run"),
+    "verify_rule": ("ldfa.bridge.rule_check", "verify_rule"),
     "ConfigError": ("ldfa.theory.errors", "ConfigError"),
 }
 

@@ -36,6 +36,7 @@ def test_first_names_are_the_real_functions():
     assert ldfa.integrate is integrate and ldfa.TheoryConfig is TheoryConfig
     assert ldfa.convert is convert and ldfa.train is train and ldfa.TrainConfig is TrainConfig
     assert ldfa.verify is run and ldfa.ConfigError is ConfigError
+    assert ldfa.verify_rule is sys.modules["ldfa.bridge.rule_check"].verify_rule
     assert set(ldfa.__all__) <= set(dir(ldfa))
 
 
