@@ -360,10 +360,7 @@ def _transfer_model(cfg: TrainConfig, input_shape, classes: int, kw: dict):
     toast (sim/toast.py), probe (frozen, new linear head) or finetune (all weights, new head)."""
     from .toast import TOAST, LinearProbe
 
-    state = load_state(cfg.backbone)
-    if {"model", "optimizer", "step"} <= set(state):
-        raise ConfigError(f"backbone {cfg.backbone} is a training checkpoint (--checkpoint), not a model "
-                          "file; write one with --save-model")
+    state = load_state(cfg.backbone)  # a checkpoint, or anything but tensors, is refused there
     head = state.get("head.weight")
     if head is None:
         raise ConfigError(f"backbone {cfg.backbone}: no head.weight, so not a saved vit "
