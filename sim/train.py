@@ -486,8 +486,11 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
 
     With ``checkpoint`` (a path) the full state — model (W, B, P, Q), optimizer, data order
     and RNG states, history — is saved atomically every ``checkpoint_every`` steps, and a run
-    started again with the same checkpoint resumes where it stopped, bit-identically on CPU.
+    started again with the same checkpoint resumes where it stopped, bit-identically on CPU;
+    the log is then cut back to the checkpoint's rows before new rows are appended.
     """
+    if not _is_int(checkpoint_every) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 0 (0: never)")
     model, train_set, test_set = build(cfg)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
