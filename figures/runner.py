@@ -79,12 +79,15 @@ def plan(jobs: list[Job], store: Store) -> tuple[dict, dict]:
 
 
 class _Progress:
-    """A tqdm bar weighted by estimated cost, with runs done / cached / total and what runs now."""
+    """Progress weighted by estimated cost: on a terminal a tqdm bar (runs done / cached / total,
+    what runs now, time left); otherwise (a log file) one line per finished run with the same
+    counts and the estimated time left."""
 
     def __init__(self, total_cost: float, n_jobs: int, cached: int, enabled: bool):
         self.done, self.n, self.cached, self.running, self.cpu = 0, n_jobs, cached, [], 0.0
+        self.total_cost, self.done_cost, self.t0 = total_cost, 0.0, time.perf_counter()
         self.bar = None
-        if enabled:
+        if enabled and sys.stdout.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=max(total_cost, 1e-9), file=sys.stdout, mininterval=0.5, leave=True,
@@ -106,8 +109,14 @@ class _Progress:
         self.running.remove(job.label or job.kind)
         self.done += 1
         self.cpu += seconds[1]
-        self.write(f"  [{self.done}/{self.n}] {job.label or job.kind}: {seconds[0]:.1f} s "
-                   f"({seconds[1]:.1f} s CPU)")
+        self.done_cost += job.cost
+        line = (f"  [{self.done}/{self.n}] {job.label or job.kind}: {seconds[0]:.1f} s "
+                f"({seconds[1]:.1f} s CPU)")
+        if not self.bar:
+            elapsed = time.perf_counter() - self.t0
+            left = elapsed * max(self.total_cost - self.done_cost, 0.0) / max(self.done_cost, 1e-9)
+            line += f"; {self.cached} cached; about {int(left // 60)}:{int(left % 60):02d} left"
+        self.write(line)
         if self.bar:
             self.bar.update(job.cost)
         self._show()
