@@ -135,7 +135,8 @@ def check_fa(quick=True, final_loss=0.0, quantity=None) -> Result:
     ok = bool(np.all(np.isfinite(run.loss)) and drift <= tol and abs(loss_ratio - final_loss) <= 1e-6)
     return Result("fa", "conserved K drift; L(20)/L(0)", 0.0, drift, drift, tol, ok,
                   curves={"t": run.t, "sim": drift_curve[:, None], "theory": np.zeros((len(run.t), 1)),
-                          "ylabel": f"drift of {name.split(' ', 1)[1]}", "loss_ratio": loss_ratio})
+                          "ylabel": r"$\|K(t) - K(0)\| / \|W_1 W_1^\top\|$", "quantity": name,
+                          "loss_ratio": loss_ratio})
 
 
 def check_fixed_p(quick=True, plateau=pred.fixed_feedback_plateau) -> Result:
