@@ -153,7 +153,7 @@ def _world() -> tuple[int, int]:
 
 
 def run_one(store_root: str, config: dict, checkpoints: str, checkpoint_every: int = 0,
-            progress: bool = False, log=print) -> dict:
+            progress: bool = False, log=print, threads: int = 1) -> dict:
     """Train ``config`` unless the store has it, checkpointing every ``checkpoint_every`` steps
     (0: once a CIFAR epoch, 50 000 images) to CHECKPOINTS/KEY.ckpt and resuming from it; the
     result goes to the store (as `ldfa sweep` stores runs) and the checkpoint is then deleted. Under torchrun
@@ -163,7 +163,8 @@ def run_one(store_root: str, config: dict, checkpoints: str, checkpoint_every: i
     from ..sim.train import TrainConfig, TrainingDiverged, read_checkpoint, train
 
     rank, world = _world()
-    store = Store(store_root, threads=torch.get_num_threads())
+    torch.set_num_threads(threads)  # in the key: the same on a login node, a worker, a GPU node
+    store = Store(store_root, threads=threads)
     key = store.key(KIND, config)
     folder = Path(checkpoints)
     folder.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,7 @@ def _init_distributed(device: str) -> None:
 
 
 def execute(cfgs: list[dict], store_root, checkpoints, executor: str = "local", checkpoint_every: int = 0,
-            progress: bool = True, log=print, slurm: dict | None = None) -> list[dict]:
+            progress: bool = True, log=print, slurm: dict | None = None, threads: int = 1) -> list[dict]:
     """Compute every run the store lacks: here, one after the other, or as SLURM jobs (submitit)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
@@ -228,7 +229,7 @@ def execute(cfgs: list[dict], store_root, checkpoints, executor: str = "local", 
         _init_distributed(cfgs[0]["device"])
         for i, cfg in enumerate(cfgs):
             t0 = time.perf_counter()
-            res = run_one(str(store_root), cfg, str(checkpoints), checkpoint_every, progress, log)
+            res = run_one(str(store_root), cfg, str(checkpoints), checkpoint_every, progress, log, threads)
             results.append(res)
             if _world()[0] == 0:
                 log(_line(i, len(cfgs), cfg, res, time.perf_counter() - t0))
@@ -244,12 +245,26 @@ def execute(cfgs: list[dict], store_root, checkpoints, executor: str = "local", 
                                 "timeout_min": 24 * 60, **(slurm or {})})
     else:
         ex = submitit.LocalExecutor(folder=str(folder))
-    jobs = [ex.submit(run_one, str(Path(store_root).resolve()), cfg, str(Path(checkpoints).resolve()),
-                      checkpoint_every) for cfg in cfgs]
+        ex.update_parameters(timeout_min=24 * 60)
+    jobs = [ex.submit(_Job(), str(Path(store_root).resolve()), cfg, str(Path(checkpoints).resolve()),
+                      checkpoint_every, False, print, threads) for cfg in cfgs]
     for i, (cfg, job) in enumerate(zip(cfgs, jobs)):
         results.append(job.result())
         log(_line(i, len(cfgs), cfg, results[-1], None))
     return results
+
+
+class _Job:
+    """run_one as a submitit job that is requeued when SLURM preempts it or its time runs out
+    (submitit calls ``checkpoint``); the requeued job resumes from the run's own checkpoint."""
+
+    def __call__(self, *args):
+        return run_one(*args)
+
+    def checkpoint(self, *args):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args)
 
 
 def _line(i, n, cfg, res, seconds) -> str:
@@ -261,11 +276,9 @@ def _line(i, n, cfg, res, seconds) -> str:
 # ----------------------------------------------------------------------------- table and figure
 
 
-def collect(cfgs: list[dict], store_root) -> dict:
+def collect(cfgs: list[dict], store_root, threads: int = 1) -> dict:
     """{"bp" or r: [test accuracy of each stored, finished seed]} (missing runs absent)."""
-    import torch
-
-    store = Store(store_root, threads=torch.get_num_threads())
+    store = Store(store_root, threads=threads)
     acc: dict = {}
     for cfg in cfgs:
         entry = store.get(store.key(KIND, cfg))
@@ -342,11 +355,11 @@ def figure(dataset: str, acc: dict, out_dir) -> Path:
     return path
 
 
-def report(cfgs: list[dict], store_root, out_dir, seeds: int) -> list[Path]:
+def report(cfgs: list[dict], store_root, out_dir, seeds: int, threads: int = 1) -> list[Path]:
     """The table and the figure of each data set in ``cfgs`` from what the store holds."""
     paths = []
     for dataset in dict.fromkeys(c["data"] for c in cfgs):
-        acc = collect([c for c in cfgs if c["data"] == dataset], store_root)
+        acc = collect([c for c in cfgs if c["data"] == dataset], store_root, threads)
         paths += [*table(dataset, acc, seeds, out_dir), figure(dataset, acc, out_dir)]
     return paths
 
@@ -354,9 +367,10 @@ def report(cfgs: list[dict], store_root, out_dir, seeds: int) -> list[Path]:
 def reproduce(data_root, datasets=("cifar10",), ranks=None, seeds=None, epochs=None, device="cpu",
               out="runs/reproduce", store=None, tiny=False, executor="local", checkpoint_every=0,
               precision=None, channels_last=None, compile=False, augment="crop-flip", report_only=False,
-              progress=True, log=print, slurm=None) -> list[Path]:
+              progress=True, log=print, slurm=None, threads=1) -> list[Path]:
     """Check the data, print the cost, run what is missing, write the tables and figures.
-    Returns the paths written. bf16 and channels-last default on for CUDA, off on CPU."""
+    Returns the paths written. bf16 and channels-last default on for CUDA, off on CPU.
+    ``threads``: torch CPU threads of every run, wherever it runs (recorded in the store key)."""
     cuda = str(device).startswith("cuda")
     precision = precision or ("bf16" if cuda else "fp32")
     channels_last = cuda if channels_last is None else channels_last
@@ -375,18 +389,16 @@ def reproduce(data_root, datasets=("cifar10",), ranks=None, seeds=None, epochs=N
     expand({"include": cfgs})  # every run validated (options, network, rank against each layer) first
     rank, _ = _world()
     if not report_only:
-        import torch
-
-        st = Store(store, threads=torch.get_num_threads())
+        st = Store(store, threads=threads)
         todo = sum(st.get(st.key(KIND, c)) is None for c in cfgs)
         if rank == 0:
             log(f"{len(cfgs)} runs ({', '.join(datasets)}: bp and r = {', '.join(map(str, ranks))}; seeds "
                 f"{', '.join(map(str, seeds))}), {len(cfgs) - todo} in the store {store}")
             log(describe_cost(cfgs, todo))
-        execute(cfgs, store, out / "checkpoints", executor, checkpoint_every, progress, log, slurm)
+        execute(cfgs, store, out / "checkpoints", executor, checkpoint_every, progress, log, slurm, threads)
     if rank != 0:
         return []
-    paths = report(cfgs, store, out, len(seeds))
+    paths = report(cfgs, store, out, len(seeds), threads)
     for p in paths:
         log(f"wrote {p}")
     return paths

@@ -452,7 +452,7 @@ def cmd_reproduce(args) -> None:
     reproduce(args.data_root, datasets, ranks, seeds, args.epochs, args.device, _out_dir(args.out),
               args.store, args.tiny, args.executor, args.checkpoint_every or 0, args.precision,
               args.channels_last, args.compile, args.augment, args.report_only,
-              progress=not args.quiet, slurm=slurm)
+              progress=not args.quiet, slurm=slurm, threads=args.threads or 1)
 
 
 def cmd_figures(args) -> None:
@@ -680,7 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only redraw the table and figure from "
                    "the store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=THREADS, help="torch CPU threads")
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads of every run, wherever it runs "
+                   "(default 1; recorded in the store key)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("figures", help="regenerate the paper's figures")
