@@ -257,3 +257,20 @@ def test_report_marks_missing_runs(cifar, tmp_path):
     assert text.count("missing") == 3 * 3 and text.count("0/1") == 3
     assert any(p.suffix == ".png" for p in paths)
     assert math.isclose(rp.PUBLISHED["cifar10"][48], 0.913)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"schedule": "linear"}, "schedule='linear'; allowed: constant, cosine"),
+    ({"augment": "mixup"}, "augment='mixup'; allowed: none, flip, crop-flip"),
+    ({"precision": "fp16"}, "precision='fp16'; allowed: fp32, bf16"),
+    ({"warmup_epochs": -1}, "warmup_epochs=-1"),
+    ({"fb_clamp": 0}, "fb_clamp=0"),
+    ({"model": "mlp", "augment": "flip"}, "augment='flip' transforms images"),
+])
+def test_new_training_options_are_checked(bad, message):
+    from ldfa.theory.errors import ConfigError
+
+    base = {"model": "vit", "data": "cifar10"}
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**{**base, **bad})
+    assert message in str(err.value) and "\n" not in str(err.value)
