@@ -147,6 +147,9 @@ def cases():
             ["verify", "--rule", "bp", "--layers", "100000"], ["verify", "--rule", "bp", "--eta", "-1"],
             ["verify", "--rule", "ld", "--rank", "-3"], ["verify", "--rule", "nope"],
             ["verify", "--p-rule", "oja"]]
+    out += [["reproduce", *a] for a in (["--dataset", "nope"], ["--ranks", "0"], ["--seeds", "-1"],
+                                        ["--epochs", "nan"], ["--epochs", "-1"], ["--threads", "0"],
+                                        ["--checkpoint-every", "0"], ["--ranks", "a"], ["--device", "cpu:x"])]
     return out
 
 
@@ -212,7 +215,7 @@ def _files(folder):
 def test_bad_input_is_refused_in_one_line(argv, where, capsys, monkeypatch):
     monkeypatch.chdir(where / "dir")  # default output folders (runs/...) would land here
     argv = _fill(argv, where)
-    if argv and argv[0] in ("train", "theory") and "--out" not in argv:
+    if argv and argv[0] in ("train", "theory", "reproduce") and "--out" not in argv:
         argv += ["--out", str(where / "out")]
     if argv and argv[0] == "train":
         argv += ["--quiet"] + (["--data", "linear-teacher"] if "--data" not in argv else [])
