@@ -172,7 +172,7 @@ class Store:
             raw = (self.root / f"{key}.npz").read_bytes()
             if _digest(raw) != digest:
                 raise ValueError("array file does not match its checksum")
-            with np.load(io.BytesIO(raw)) as z:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 entry["arrays"] = {k: z[k] for k in z.files}
         return entry
 
