@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from ..theory.errors import ConfigError
-from . import mlp_figs, phase_compute, runner, strict_figs, style, theory_figs, transfer
+from . import mlp_figs, nonlinear_figs, phase_compute, runner, strict_figs, style, theory_figs, transfer
 from .store import Store
 
 FIGURES = {
@@ -31,6 +31,7 @@ FIGURES = {
     "compute_vs_rank": phase_compute.compute_vs_rank,
     "transfer_table": transfer.transfer_table,
     "strict_bottleneck": strict_figs.strict_bottleneck,
+    "nonlinear_rank": nonlinear_figs.nonlinear_rank,
 }
 # the runs each figure reads: name -> function(preset, store) -> list of runner.Job
 JOBS = {
@@ -46,6 +47,7 @@ JOBS = {
     "compute_vs_rank": lambda p, s: phase_compute.compute_vs_rank_jobs(p),
     "transfer_table": transfer.transfer_table_jobs,
     "strict_bottleneck": lambda p, s: strict_figs.strict_bottleneck_jobs(p),
+    "nonlinear_rank": lambda p, s: nonlinear_figs.nonlinear_rank_jobs(p),
 }
 PRESETS = ("quick", "full", "tiny")  # tiny: seconds, for tests
 

@@ -19,6 +19,8 @@ from ..sim import teacher_student as sim
 from ..theory import teacher_student as ts
 from ..theory.errors import ConfigError
 from ..theory.trajectory import atomic_write
+from .runner import Job
+from .store import Store
 from .style import PALETTE, figure, save
 
 PRESETS = {  # D outputs; teachers with M hidden units (student K = M); N, seeds, time
@@ -39,30 +41,55 @@ def _setups(p, M):
     return out
 
 
-def compute(preset: str) -> dict:
-    """Theory and simulation ε_g(t) for every (M, variant, r); JSON-ready."""
+def _check(preset: str) -> dict:
     if preset not in PRESETS:
         raise ConfigError(f"preset {preset!r}; allowed: {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+    return PRESETS[preset]
+
+
+def teacher_curves(preset: str, M: int) -> dict:
+    """Theory and simulation ε_g(t) of every (variant, r) and bp for a teacher with M hidden
+    units; JSON-ready (the summary of :func:`summarise`)."""
+    p = _check(preset)
     t = np.linspace(0, p["t_end"], p["n_t"])
-    out = {"preset": preset, "t": t.tolist(), "D": p["D"], "N": p["N"], "seeds": list(p["seeds"]),
-           "eta": p["eta"], "teachers": {}}
-    for M in p["Ms"]:
-        setups = _setups(p, M)
-        runs = sim.simulate_many(list(setups.values()), p["N"], p["seeds"], t)
-        curves = {}
-        for (name, r), s, run in zip(setups, setups.values(), runs):
-            sols = [ts.integrate_from(s, i["w"], i["wstar"], i["v"], i["vstar"], i["mats"], t, partial=True)
-                    for i in run.inits]
-            ode = np.array([sol.eps for sol in sols])
-            eps = run.eps()
-            curves[f"{name}:{r}"] = {"rule": name, "rank": r, "theory": _mean_until_nan(ode).tolist(),
-                                     "ode_stopped": [sol.stopped for sol in sols],
-                                     "sim": eps.mean(0).tolist(),
-                                     "sim_sem": (eps.std(0, ddof=1) / np.sqrt(len(eps))).tolist()
-                                     if len(eps) > 1 else [0.0] * len(t)}
-        out["teachers"][str(M)] = summarise(t, curves)
-    return out
+    setups = _setups(p, M)
+    runs = sim.simulate_many(list(setups.values()), p["N"], p["seeds"], t)
+    curves = {}
+    for (name, r), s, run in zip(setups, setups.values(), runs):
+        sols = [ts.integrate_from(s, i["w"], i["wstar"], i["v"], i["vstar"], i["mats"], t, partial=True)
+                for i in run.inits]
+        ode = np.array([sol.eps for sol in sols])
+        eps = run.eps()
+        curves[f"{name}:{r}"] = {"rule": name, "rank": r, "theory": _mean_until_nan(ode).tolist(),
+                                 "ode_stopped": [sol.stopped for sol in sols],
+                                 "sim": eps.mean(0).tolist(),
+                                 "sim_sem": (eps.std(0, ddof=1) / np.sqrt(len(eps))).tolist()
+                                 if len(eps) > 1 else [0.0] * len(t)}
+    return summarise(t, curves)
+
+
+def _assemble(preset: str, blocks: dict) -> dict:
+    p = _check(preset)
+    return {"preset": preset, "t": np.linspace(0, p["t_end"], p["n_t"]).tolist(), "D": p["D"], "N": p["N"],
+            "seeds": list(p["seeds"]), "eta": p["eta"], "teachers": {str(M): b for M, b in blocks.items()}}
+
+
+def compute(preset: str) -> dict:
+    """Theory and simulation ε_g(t) for every (M, variant, r); JSON-ready."""
+    return _assemble(preset, {M: teacher_curves(preset, M) for M in _check(preset)["Ms"]})
+
+
+def _job_fn(config: dict, store) -> dict:
+    return teacher_curves(config["preset"], config["M"])
+
+
+COST = {"tiny": 2.0, "quick": 60.0, "full": 600.0}  # seconds per teacher on one idle core (estimate)
+
+
+def nonlinear_rank_jobs(preset: str) -> list[Job]:
+    """One cached job per teacher width M (figures/runner.py spreads them over the workers)."""
+    return [Job("nonlinear-rank", {"preset": preset, "M": M}, _job_fn, label=f"teacher-student M = {M}",
+                cost=COST[preset], fields=("curves", "threshold")) for M in _check(preset)["Ms"]]
 
 
 def _mean_until_nan(x):
@@ -136,9 +163,12 @@ def macros(data) -> str:
     return "\n".join(lines) + "\n"
 
 
-def nonlinear_rank(out_dir, preset="quick") -> list[Path]:
-    """Compute, plot and write nonlinear_rank.{pdf,png,json} and nonlinear_rank_numbers.tex."""
-    data = compute(preset)
+def nonlinear_rank(preset: str, out_dir, store: Store | None = None) -> list[Path]:
+    """Plot and write nonlinear_rank.{pdf,png,json} and nonlinear_rank_numbers.tex from the
+    cached per-teacher runs (computed first if the store lacks them)."""
+    store = store or Store()
+    data = _assemble(preset, {job.config["M"]: store.run(job)["result"]
+                              for job in nonlinear_rank_jobs(preset)})
     out_dir = Path(out_dir)
     paths = _plot(data, out_dir)
     paths.append(atomic_write(out_dir / "nonlinear_rank.json", lambda f: f.write(json.dumps(data, indent=1))))

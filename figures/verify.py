@@ -351,3 +351,9 @@ HEADER = f"{'prediction':<18}{'quantity':<28}{'theory':>10}{'simulation':>12}{'d
 def format_row(r: Result) -> str:
     return (f"{r.name:<18}{r.quantity:<28}{r.theory:>10.4g}{r.simulation:>12.4g}{r.deviation:>11.2e}"
             f"{r.tolerance:>11.2e}  {'pass' if r.passed else 'FAIL'} ({r.seconds:.1f} s)")
+
+
+# the two-layer nonlinear teacher-student checks (figures/verify_nonlinear.py)
+from .verify_nonlinear import CHECKS as _TEACHER_STUDENT_CHECKS  # noqa: E402
+
+CHECKS.update(_TEACHER_STUDENT_CHECKS)

@@ -128,8 +128,9 @@ def test_ode_tracks_online_sgd(rule, kw):
 
 def test_rank_figure_tiny(tmp_path):
     from ldfa.figures import nonlinear_figs
+    from ldfa.figures.store import Store
 
-    paths = nonlinear_figs.nonlinear_rank(tmp_path, "tiny")
+    paths = nonlinear_figs.nonlinear_rank("tiny", tmp_path, Store(tmp_path / "store"))
     names = {p.name for p in paths}
     assert {"nonlinear_rank.png", "nonlinear_rank.json", "nonlinear_rank_numbers.tex"} <= names
     tex = (tmp_path / "nonlinear_rank_numbers.tex").read_text()
