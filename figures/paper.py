@@ -263,7 +263,8 @@ def _num(x: float, digits: int = 4) -> str:
 
 # How each check's deviation is defined (figures/verify.py): relative |sim - theory| / |theory|,
 # maximized over the teacher's modes, unless named here.
-ABSOLUTE = {"fa", "adapting-p-bp"}  # |sim - theory| (the quantity is already normalized)
+# |sim - theory| (the quantity is already normalized; ts-integrals: a Monte-Carlo z-score)
+ABSOLUTE = {"fa", "adapting-p-bp", "ts-plateau", "ts-fa-align", "ts-integrals"}
 CRITERIA = {"nonlinear-rank"}  # a pass criterion on a measured value, no prediction to deviate from
 MARK = {True: r"\checkmark", False: r"$\times$"}
 
