@@ -69,7 +69,7 @@ def _eta(quick):
 
 
 def check_saxe(quick=True, learning_time=pred.bp_learning_time) -> Result:
-    """Linear theory, prediction 3.1: bp from balanced aligned init a_1 = a_2 = a_0 learns mode α
+    """docs/theory.md, prediction 1: bp from balanced aligned init a_1 = a_2 = a_0 learns mode α
     at t½ = τ/(2 s_α) ln[(s_α - u_0)/u_0], u_0 = a_0².
 
     Tolerance 0.5 η s_max relative: gradient descent is Euler's method, which shifts the
@@ -110,7 +110,7 @@ def _fa_observer(K):
 
 
 def check_fa(quick=True, final_loss=0.0, quantity=None) -> Result:
-    """Linear theory, predictions 3.2 and 3.7: full-rank fa learns W* (loss → 0) while
+    """docs/theory.md, predictions 2 and 7: full-rank fa learns W* (loss → 0) while
     K = B W_2 + W_2ᵀ Bᵀ - W_1 W_1ᵀ is conserved (``quantity``: the theory's expression, by default
     the one :func:`ldfa.theory.analysis.conserved_quantities` proves conserved).
 
@@ -140,7 +140,7 @@ def check_fa(quick=True, final_loss=0.0, quantity=None) -> Result:
 
 
 def check_fixed_p(quick=True, plateau=pred.fixed_feedback_plateau) -> Result:
-    """Linear theory, prediction 3.3: ld with fixed random P, Q and r = 2 < rank W* = 3,
+    """docs/theory.md, prediction 3: ld with fixed random P, Q and r = 2 < rank W* = 3,
     W_1(0) = 0, plateaus at ½‖W*(I - Π)‖², Π the projector onto span(W*ᵀPᵀ).
 
     Tolerance 1e-8 relative: gradient descent has the same fixed point as the flow, so the
@@ -159,7 +159,7 @@ def check_fixed_p(quick=True, plateau=pred.fixed_feedback_plateau) -> Result:
 
 
 def check_adapting_p(quick=True, reference=None) -> Result:
-    """Linear theory, prediction 3.4: ld with P = top-r(⟨δδᵀ⟩) (svd, refreshed every step) and
+    """docs/theory.md, prediction 4: ld with P = top-r(⟨δδᵀ⟩) (svd, refreshed every step) and
     aligned Q, r = rank W*, follows the bp trajectory; theory: the integrated bp matrix ODE from
     the same start (``reference``: that loss curve).
 
@@ -183,7 +183,7 @@ def check_adapting_p(quick=True, reference=None) -> Result:
 
 
 def check_sequential(quick=True, learning_times=pred.mode_learning_times) -> Result:
-    """Linear theory, prediction 3.5: with r = 1 < rank W* = 3 (svd P, aligned Q) the modes are
+    """docs/theory.md, prediction 5: with r = 1 < rank W* = 3 (svd P, aligned Q) the modes are
     learned one after another; theory: the per-mode ODEs with top-r selection.
 
     Tolerance 0.5 η s_max relative: Euler error as for bp; the switching times inherit it
@@ -210,7 +210,7 @@ def _mode_curves(t, rule, layers=2, **kw):
 
 
 def check_deep(quick=True, learning_time=pred.deep_learning_time) -> Result:
-    """Linear theory, prediction 3.6: 3 weight layers, balanced aligned start a_l = a_0:
+    """docs/theory.md, prediction 6: 3 weight layers, balanced aligned start a_l = a_0:
     τ du/dt = 3u^{4/3}(s - u).
 
     Tolerance 0.3 η s_max relative (Euler, as for two layers; measured 0.22 η s_max at η = 0.01).
@@ -226,7 +226,7 @@ def check_deep(quick=True, learning_time=pred.deep_learning_time) -> Result:
 
 
 def check_lambda(quick=True, learning_time=pred.lambda_balanced_learning_time) -> Result:
-    """Linear theory, prediction 3.6: λ-balanced start a_2² - a_1² = λ (here λ = 1, a_1 = 0.05):
+    """docs/theory.md, prediction 6: λ-balanced start a_2² - a_1² = λ (here λ = 1, a_1 = 0.05):
     τ du/dt = √(λ² + 4u²)(s - u).
 
     Tolerance 0.15 η s_max relative (Euler; measured 0.10 η s_max at η = 0.01).
@@ -241,7 +241,7 @@ def check_lambda(quick=True, learning_time=pred.lambda_balanced_learning_time) -
 
 
 def check_nonlinear_rank(quick=True, classes=10, ranks=(1, 2, 5, 10, 20)) -> Result:
-    """Nonlinear guide (linear theory, section 4): in an MLP 784-256-256-10 (tanh) on Fashion-MNIST, the
+    """Nonlinear guide (docs/theory.md, final section): in an MLP 784-256-256-10 (tanh) on Fashion-MNIST, the
     smallest r in {1, 2, 5, 10, 20} whose accuracy with the paper's method (preset ``ldfa``:
     lowrank P and Q, svd init) is within 1 point of bp.
 

@@ -13,7 +13,7 @@ Real data (read from files the user already has):
 Synthetic data (from a seed, identical tensors for the same seed):
 
 * :func:`linear_teacher`: y = W* x + noise, W* = U diag(spectrum) Vᵀ, x ~ N(0, I), the
-  setting of the linear theory (SPEC section 3).
+  setting of the linear theory (docs/theory.md).
 * :func:`random_teacher`: y = W2 tanh(W1 x), regression targets or argmax class labels.
 
 :func:`load` dispatches on a name and returns a normalized :class:`Dataset`; image inputs are

@@ -1,4 +1,4 @@
-"""Plain torch models for the simulations (SPEC section 4).
+"""Plain torch models for the simulations (docs/simulation.md).
 
 Every linear map in these models is a real ``nn.Linear`` or ``nn.Conv2d`` submodule,
 called as ``self.fc(x)``, so that ``convert(model, rule=...)`` can swap each one for a
@@ -69,7 +69,7 @@ class DeepLinear(nn.Module):
     """Deep linear network y = W_L ⋯ W_1 x (+ biases if ``bias``), no nonlinearity.
 
     ``widths = [n_0, n_1, ..., n_L]``; layer l is ``self.layers[l-1] = nn.Linear(n_{l-1}, n_l)``,
-    so W_l = ``self.layers[l-1].weight`` has shape n_l x n_{l-1} as in SPEC section 1.
+    so W_l = ``self.layers[l-1].weight`` has shape n_l x n_{l-1} as in docs/notation.md.
     ``init_scale`` (if given) draws every W_l ~ N(0, init_scale² / n_{l-1}) entrywise and
     zeroes the biases; otherwise torch's default nn.Linear init is kept.
     """
@@ -259,7 +259,7 @@ class VisionTransformer(nn.Module):
     """Vision transformer for (B, C, H, W) images with H = W = ``image_size``.
 
     ``patch_embed`` = nn.Conv2d(in_channels, width, kernel = stride = patch) cuts the image into
-    (image_size/patch)² tokens (SPEC 2: the patch embedding keeps bp; convert skips it by this
+    (image_size/patch)² tokens (docs/simulation.md: the patch embedding keeps bp; convert skips it by this
     name). With ``pool="cls"`` (default) a learned class token is prepended; a learned position
     embedding ``pos_embed`` (one per token, class token included) is added, then dropout,
     ``depth`` pre-LN ``blocks`` (attention with fused ``qkv`` and ``proj``; MLP ``fc1``, GELU,

@@ -206,7 +206,8 @@ def test_oja_P_converges_to_top_error_subspace():
 
 @pytest.mark.parametrize("make", [tiny_mlp, tiny_conv])
 def test_ld_kp_grads_are_the_forward_update_seen_through_the_other_factor(make):
-    """SPEC: ΔQ = ΔWᵀ Pᵀ and ΔP = Qᵀ ΔWᵀ (weight orientation: Q_w.grad = P gW, P.grad = Q_w gWᵀ)."""
+    """docs/rules.md, kp factors: ΔQ = ΔWᵀ Pᵀ and ΔP = Qᵀ ΔWᵀ (weight orientation:
+    Q_w.grad = P gW, P.grad = Q_w gWᵀ)."""
     model = convert(make(), "ld", rank=2, p_rule="kp", q_rule="kp", seed=3)
     x = X if make is tiny_mlp else torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(5))
     (model(x) * C).sum().backward()

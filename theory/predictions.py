@@ -1,4 +1,4 @@
-"""The linear-theory predictions of SPEC section 3 (items 1-6), as functions.
+"""The linear-theory predictions of docs/theory.md (predictions 1-6), as functions.
 
 Closed forms where one exists, numerical integration of the derived ODEs otherwise.
 Times are in units of τ = 1/η (so a simulation with learning rate η maps to t = steps·η).
@@ -59,7 +59,7 @@ def reachable_map(Wstar, B):
 
 def fa_prediction(cfg: TheoryConfig) -> dict:
     """Full-rank fa learns W*: the loss goes to ½σ²d, the angle ∠(B, W2ᵀ) falls below 90°,
-    and B W2 + W2ᵀ Bᵀ - W1 W1ᵀ keeps its initial value (conserved, SPEC item 7)."""
+    and B W2 + W2ᵀ Bᵀ - W1 W1ᵀ keeps its initial value (conserved, docs/theory.md, prediction 7)."""
     if cfg.rule != "fa":
         raise ConfigError(f"fa_prediction needs rule 'fa', got {cfg.rule!r}")
     return {"final_loss": 0.5 * cfg.noise**2 * cfg.n_out, "angle_below": 90.0}
