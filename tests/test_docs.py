@@ -25,7 +25,9 @@ CODE += [ROOT / name for name in ("Makefile", "pyproject.toml", "mkdocs.yml", ".
 # built from pieces so that this file does not match itself
 OUTSIDE = [
     (re.compile(r"\.\./" + "shared"), "a path into the sibling folder ../shared"),
-    (re.compile(r"\b" + "SP" + r"EC\b"), "a citation of an outside specification; cite a docs/ page"),
+    # (a test asserting that a docstring does not cite it is no citation)
+    (re.compile(r"\b" + "SP" + r"EC\b(?!\" not in)"),
+     "a citation of an outside specification; cite a docs/ page"),
     (re.compile(r"(?<![\w.])/(?:work|root|home|Users)/\w"), "an absolute path on a developer's machine"),
     (re.compile(r"\]\((?:/|file:)"), "an absolute link"),
 ]
