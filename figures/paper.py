@@ -18,7 +18,7 @@ import sympy as sp
 from ..theory import derive
 from ..theory.analysis import conserved_quantities
 from ..theory.modes import reduce_to_modes, strength_ode
-from . import mlp_figs, phase_compute, transfer, verify
+from . import mlp_figs, phase_compute, strict_figs, transfer, verify
 from .store import Store
 
 
@@ -162,6 +162,7 @@ def _numbers(preset: str, store: Store, report: list[verify.Result]) -> str:
         "Dtp": acc(rule="dtp"), "Ddtp": acc(rule="ddtp", inverse_iters=5),
     }
     macros = {f"Acc{name}": percent(v) for name, v in mlp.items()}
+    macros.update(_strict_numbers(preset, store))
     bp = _mean_pct(mlp["Bp"])
     tp = [_mean_pct(mlp["Dtp"]), _mean_pct(mlp["Ddtp"])]
     macros["TpVsBp"] = compare(max(tp), bp) if compare(max(tp), bp) == compare(min(tp), bp) else \
@@ -225,6 +226,23 @@ TEX = {"_": r"\_", "½": r"$\frac12$", "τ": r"$\tau$", "λ": r"$\lambda$", "α"
 PHRASES = {"max |L_ld - L_bp| / L(0)": r"$\max_t |L_\mathrm{ld} - L_\mathrm{bp}| / L(0)$",
            "smallest r ": "smallest $r$ ",
            "t½": r"$t_{1/2}$", "r = ": "$r$ = ", "L = ": "$L$ = ", "λ = ": r"$\lambda$ = "}
+
+
+def _strict_numbers(preset: str, store: Store) -> dict:
+    """Accuracies of the strict-bottleneck figure: ldfa with the default and the strict bottleneck
+    at the smallest and largest rank of the figure, and bp, for the ViT and the ResNet."""
+    def acc(model, **kw):
+        return [store.run(strict_figs._job(model, preset, s, **kw))["result"]["test_acc"]
+                for s in mlp_figs.SEEDS[preset]]
+
+    ranks = strict_figs.RANKS[preset]
+    out = {"RankStrictLow": min(ranks), "RankStrictTop": max(ranks)}
+    for model, tag in (("vit", "Vit"), ("resnet", "Res")):
+        out[f"AccStrict{tag}Bp"] = percent(acc(model, rule="bp"))
+        for r, level in ((min(ranks), "Low"), (max(ranks), "Top")):
+            out[f"AccStrict{tag}Default{level}"] = percent(acc(model, rule="ldfa", rank=r))
+            out[f"AccStrict{tag}Strict{level}"] = percent(acc(model, rule="ldfa", rank=r, strict=True))
+    return out
 
 
 def _tex(text: str) -> str:
