@@ -209,7 +209,10 @@ def test_get_rule_and_derive_errors():
 # -- the CLI ------------------------------------------------------------------------------
 
 def run_cli(capsys, argv) -> tuple[int, str, str]:
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:  # a value refused while parsing (argparse's range checks)
+        code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -218,7 +221,7 @@ def assert_one_line_error(code, out, err, *needles):
     assert code == 2
     lines = err.splitlines()
     assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
-    assert lines[0].startswith("ldfa: error: ")
+    assert lines[0].startswith("ldfa") and ": error: " in lines[0], lines[0]
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     assert out == ""  # nothing printed as if it had worked
@@ -237,22 +240,22 @@ def no_compute(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (["theory", "ld", "--rank", "0"], ["r=0", "1 <= r <= d = 4"]),
+    (["theory", "ld", "--rank", "0"], ["--rank: 0", "allowed: 1.."]),
     (["theory", "ld", "--rank", "5"], ["r=5", "d = 4"]),
     (["theory", "ld"], ["rank", "1..d"]),
     (["theory", "ldfa"], ["rank"]),
     (["theory", "bp", "--rank", "2"], ["r=2", "'bp'"]),
-    (["theory", "bp", "--tau", "-1"], ["tau=-1.0", "positive"]),
-    (["theory", "bp", "--tau-p", "0"], ["tau_p=0.0", "positive"]),
+    (["theory", "bp", "--tau", "-1"], ["--tau: -1", "> 0"]),
+    (["theory", "bp", "--tau-p", "0"], ["--tau-p: 0", "> 0"]),
     (["theory", "bp", "--init-scale", "0"], ["init_scale=0.0", "positive"]),
-    (["theory", "bp", "--t-max", "-5"], ["t_max=-5.0", "positive"]),
+    (["theory", "bp", "--t-max", "-5"], ["--t-max: -5", "> 0"]),
     (["theory", "bp", "--spectrum", "1,x"], ["'1,x'", "comma-separated numbers"]),
     (["theory", "bp", "--spectrum", "5,4,3,2,1"], ["5 modes", "at most 4"]),
     (["theory", "bp", "--spectrum", "3,-2"], ["spectrum=[3.0, -2.0]", "> 0"]),
     (["theory", "bp", "--init", "aligned", "--hidden", "1"], ["init='aligned'", "got 1"]),
     (["theory", "bp", "--init", "ones"], ["init='ones'", "random, aligned, first-zero"]),
-    (["theory", "bp", "--layers", "1"], ["layers=1", ">= 2"]),
-    (["theory", "bp", "--points", "0"], ["n_points=0", "positive integer"]),
+    (["theory", "bp", "--layers", "1"], ["--layers: 1", "2..8"]),
+    (["theory", "bp", "--points", "0"], ["--points: 0", "2.."]),
     (["theory", "nosuchrule"], ["'nosuchrule'", "allowed: bp"]),
     (["theory", "ld", "--rank", "1", "--p-rule", "nope"], ["--p-rule 'nope'", "oja"]),
     (["theory", "ld", "--rank", "1", "--q-rule", "nope"], ["--q-rule 'nope'", "aligned"]),
@@ -269,7 +272,7 @@ def test_cli_theory_rejects(capsys, tmp_path, no_compute, argv, needles):
 
 @pytest.mark.parametrize("argv, needles", [
     (["derive", "nosuchrule"], ["'nosuchrule'", "allowed:", "ldfa-local"]),
-    (["derive", "bp", "--layers", "1"], ["layers=1", ">= 2"]),
+    (["derive", "bp", "--layers", "1"], ["--layers: 1", "2..8"]),
     (["derive", "bp", "--direct"], ["'bp'", "dfa, ld"]),
     (["derive", "fa", "--p-rule", "oja"], ["'fa'", "ld rules only"]),
     (["derive", "ld", "--p-rule", "pca"], ["--p-rule 'pca'", "fixed, oja, svd, kp, lowrank"]),
@@ -306,7 +309,7 @@ def test_cli_single_point_is_handled(capsys, tmp_path):
     code, out, err = run_cli(capsys, argv)
     assert code in (0, 2)
     if code == 2:
-        assert_one_line_error(code, out, err, "n_points=1")
+        assert_one_line_error(code, out, err, "--points: 1")
 
 
 def test_cli_out_below_an_existing_file(capsys, tmp_path):
