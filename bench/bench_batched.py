@@ -1,5 +1,5 @@
 """Benchmark: 64 seeds of a 2-layer linear net (100-100-10) trained in one batched computation
-vs a Python loop over the seeds (issue 6, goal 3), for several mini-batch sizes.
+vs a Python loop over the seeds, for several mini-batch sizes.
 
     python bench/bench_batched.py [--steps 50]
 """

@@ -1,5 +1,5 @@
-"""Benchmark: our fa and dfa against biotorch 0.0.16's, step time relative to bp, in one run
-(issue 6, goal 2). biotorch is an optional bench dependency, never a runtime one:
+"""Benchmark: our fa and dfa against biotorch 0.0.16's, step time relative to bp, in one run.
+biotorch is an optional bench dependency, never a runtime one:
 
     pip install --no-deps biotorch==0.0.16
     python bench/bench_biotorch.py [--repeats 7] [--steps 5]

@@ -1,4 +1,4 @@
-"""Benchmark: peak memory of a training step, ld vs bp (issue 6, goal 5).
+"""Benchmark: peak memory of a training step, ld vs bp.
 
     python bench/bench_memory.py [--device cpu|cuda]
 

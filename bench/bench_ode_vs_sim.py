@@ -1,5 +1,5 @@
 """Benchmark: integrating the matrix ODE vs simulating small-step gradient descent, at equal
-trajectory accuracy (issue 6, goal 4).
+trajectory accuracy.
 
     python bench/bench_ode_vs_sim.py [--target 1e-3]
 

@@ -89,7 +89,9 @@ def _rule_check(key):
                        eps_sim, eps_ode, relative=rel)
         res.seconds = max(cost, time.perf_counter() - t0)
         return res
-    check.__doc__ = f"ODE vs online SGD for {key}: seed-mean ε_g deviation within {Z_TOL} standard errors."
+    check.__doc__ = (f"The order-parameter ODEs of {key} against online SGD (docs/nonlinear.md, section "
+                     f"'What is checked'). Tolerance: the seed mean of (ε_sim − ε_ode)/ε_ode within "
+                     f"{Z_TOL} standard errors of its measured seed scatter at the worst time.")
     return check
 
 
@@ -102,7 +104,8 @@ def check_scaling(quick=True) -> Result:
     (a seed poses the same problem, v* and v, at every N; only w*, w and the inputs change).
     Its relative error is about 1/√(2 (S − 1) T_eff) with T_eff ≈ T/3 correlated times
     (about 15 % for S = 8, T = 12), so the ratio of two such estimates has about 20 %
-    relative error; it is accepted within 30 %.
+    relative error. Tolerance: the ratio within 30 % of √4 = 2 (docs/nonlinear.md, section
+    'What is checked').
     """
     t0 = time.perf_counter()
     Ns = (250, 1000) if quick else (500, 2000)
@@ -130,7 +133,7 @@ def check_integrals(quick=True) -> Result:
     """I2, I3, I4 closed forms against Monte Carlo over u ~ N(0, Ω) for a random Ω (K+M = 4).
 
     Tolerance: 5 Monte Carlo standard errors of the worst entry (standard error of each
-    entry estimated from the same samples).
+    entry estimated from the same samples); docs/nonlinear.md, section 'What is checked'.
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(3)
@@ -182,7 +185,7 @@ def check_plateau(quick=True) -> Result:
     plateau window (t > 5, ε_sym within 20 % of its final value, the seed's own ODE still
     within 2 % of ε_sym). Deviation: |sim median − ε_sym median| over the window. Tolerance:
     4 standard errors of the per-seed medians. Both the simulation and the ODE must escape
-    (ε_g < ε_p/10 at the end).
+    (ε_g < ε_p/10 at the end). docs/nonlinear.md, section 'What is checked'.
     """
     t0 = time.perf_counter()
     setup, init = plateau_setup(quick)
@@ -231,7 +234,8 @@ def check_fa_alignment(quick=True) -> Result:
     Measured in theory and simulation: t_align = first time the overlap reaches half its final
     value, t_learn = first time ε_g has fallen half way to its final value; the check passes
     when t_align < t_learn in both, and the simulated overlap curve stays within the
-    measured-fluctuation tolerance of the theory (4 standard errors, as for ε_g).
+    measured-fluctuation tolerance of the theory (4 standard errors, as for ε_g). Pass criterion
+    and tolerance as stated; docs/nonlinear.md, section 'What is checked'.
     """
     t0 = time.perf_counter()
     s = ts.Setup(K=2, M=2, D=1, rule="fa", eta_v=1.0)

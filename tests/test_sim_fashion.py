@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: Fashion-MNIST, MLP 784-256-256-10 (tanh), 2 epochs on CPU, >= 84%."""
+"""Fashion-MNIST, MLP 784-256-256-10 (tanh), 2 epochs on CPU, >= 84%."""
 
 import pytest
 from conftest import needs_fashion_mnist

@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: every rule delivers the error it should, on linear and conv layers."""
+"""Every rule delivers the error it should, on linear and conv layers."""
 
 import copy
 

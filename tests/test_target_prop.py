@@ -1,4 +1,4 @@
-"""Issue 7 (in progress): iterating an approximate inverse converges exponentially, at the
+"""Target propagation: iterating an approximate inverse converges exponentially, at the
 rate the contraction of I - J_g J_f predicts."""
 
 import pytest

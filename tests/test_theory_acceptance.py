@@ -1,4 +1,4 @@
-"""Issue 2 acceptance: the theory engine derives, integrates and predicts correctly."""
+"""Acceptance of the theory engine: it derives, integrates and predicts correctly."""
 
 import numpy as np
 import pytest

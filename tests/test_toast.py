@@ -1,4 +1,4 @@
-"""Issue 7: TOAST (top-down attention steering) on a frozen vision transformer, linear probing,
+"""TOAST (top-down attention steering) on a frozen vision transformer, linear probing,
 fine-tuning, and the class-split transfer task."""
 
 import json
