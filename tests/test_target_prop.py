@@ -185,8 +185,8 @@ def test_inverse_learning_lowers_reconstruction_error():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(rule="ddtp", inverse_iters=0), "k=0"),
-    (dict(rule="ddtp", inverse_iters=-2), "k=-2"),
+    (dict(rule="ddtp", inverse_iters=0), "inverse_iters=0"),
+    (dict(rule="ddtp", inverse_iters=-2), "inverse_iters=-2"),
     (dict(rule="dtp", inverse_iters=3), "ddtp"),
     (dict(rule="dtp", model="cnn"), "mlp or linear"),
     (dict(rule="fa", inverse_iters=2), "dtp and ddtp only"),
@@ -236,7 +236,7 @@ def test_normalize_needs_the_backward_to_start_at_the_output():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(rule="dtp", tp_beta=0.0), "beta=0.0"),
-    (dict(rule="ddtp", tp_noise=-1.0), "sigma=-1.0"),
+    (dict(rule="ddtp", tp_noise=-1.0), "tp_noise=-1.0"),
     (dict(rule="bp", tp_normalize=True), "dtp and ddtp only"),
     (dict(rule="fa", tp_noise=0.3), "dtp and ddtp only"),
 ])

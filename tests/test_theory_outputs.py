@@ -333,7 +333,8 @@ def test_theory_modes_ld_names_and_extra_series(capsys, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ld-r2-modes.json", "ld-r2-modes.png"]
     traj = Trajectory.from_json(tmp_path / "ld-r2-modes.json")
     assert traj.kind == "modes"
-    assert traj.columns() == ["t", "loss", "mode_1", "mode_2", "p_2_mode_1", "p_2_mode_2"]
+    assert traj.columns() == ["t", "loss", "mode_1", "mode_2", "p_2_mode_1", "p_2_mode_2",
+                              "q_2_mode_1", "q_2_mode_2"]  # ld: P oja, Q kp (both move)
 
 
 def test_modes_match_matrix_from_aligned_start():
