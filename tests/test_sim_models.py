@@ -156,7 +156,8 @@ def test_deep_linear_init_scale():
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda: build("transformer", MNIST, 10), "unknown model 'transformer'; allowed: linear, mlp, cnn, resnet, vit"),
+    (lambda: build("transformer", MNIST, 10),
+     "unknown model 'transformer'; allowed: linear, mlp, cnn, resnet, vit"),
     (lambda: build("vit", (3, 30, 30), 10), "image_size=30 is not divisible by patch=4"),
     (lambda: build("vit", CIFAR, 10, width=30, heads=4), "width=30 is not divisible by heads=4"),
     (lambda: build("vit", (3, 32, 28), 10), "square images"),
