@@ -49,9 +49,13 @@ def default_workers(threads: int = 1) -> int:
     return max(1, cores // threads)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    """A worker: ``threads`` torch threads, and it dies with the process that started it."""
     import torch
 
+    from .sweep import _worker_init
+
+    _worker_init(parent)
     torch.set_num_threads(threads)
 
 
@@ -139,7 +143,7 @@ class _Progress:
 def make_pool(workers: int, threads: int) -> ProcessPoolExecutor:
     """``workers`` fresh ('spawn') processes, each with ``threads`` torch threads."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
 
 
 def execute(jobs: list[Job], store: Store, workers: int | None = None, progress: bool = True,
