@@ -21,6 +21,7 @@ from matplotlib.legend import Legend  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from ..theory.trajectory import atomic_write  # noqa: E402
+from .store import _plain as plain_json  # noqa: E402
 
 # Okabe-Ito palette (colour-blind safe), one colour per rule family
 PALETTE = {
@@ -185,16 +186,10 @@ def save(fig, out_dir, name, data: dict | None = None) -> list[Path]:
         paths = [atomic_write(out_dir / f"{name}.{ext}", lambda f, ext=ext: fig.savefig(f, format=ext),
                               binary=True) for ext in ("pdf", "png")]
         if data is not None:
-            text = json.dumps(data, indent=1, sort_keys=True, default=_plain)
+            text = json.dumps(data, indent=1, sort_keys=True, default=plain_json)
             paths.append(atomic_write(out_dir / f"{name}.json", lambda f: f.write(text + "\n")))
         return paths
     finally:
         plt.close(fig)
 
 
-def _plain(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)

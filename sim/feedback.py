@@ -378,6 +378,15 @@ def direct_matrix(layer, name: str, rows: int, x=None) -> torch.Tensor:
     return M
 
 
+def direct_signal(layer, g):
+    """e (batch x d): the output layer records its own arriving error; the others read it."""
+    if layer.is_output:
+        layer.direct.e = g.reshape(g.shape[0], -1) if layer.ops.kind == "conv" else g
+    if layer.direct.e is None:
+        raise RuntimeError("direct feedback: the output layer has not run its backward")
+    return layer.direct.e
+
+
 class DFA(Rule):
     """Direct feedback alignment: the error sent down is D e, D fixed random (Nøkland 2016)."""
 
@@ -392,12 +401,7 @@ class DFA(Rule):
         direct_matrix(layer, "D", self.out_features)
 
     def signal(self, layer, g):
-        """e (batch x d): the output layer records its own arriving error."""
-        if layer.is_output:
-            layer.direct.e = g.reshape(g.shape[0], -1) if layer.ops.kind == "conv" else g
-        if layer.direct.e is None:
-            raise RuntimeError("direct feedback: the output layer has not run its backward")
-        return layer.direct.e
+        return direct_signal(layer, g)
 
     def input_grad(self, layer, x, g):
         e = self.signal(layer, g)

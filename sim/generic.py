@@ -48,6 +48,7 @@ from .feedback import (
     _orthonormal_rows,
     _to_input_shape,
     direct_matrix,
+    direct_signal,
     direct_width,
     init_factors,
     lowrank_factor,
@@ -301,12 +302,7 @@ class GenericRule(Rule):
         return to_weight_orientation("feedback", B).reshape(layer.weight.shape)
 
     def signal(self, layer, g):
-        """e (batch x d): the output layer records its own arriving error."""
-        if layer.is_output:
-            layer.direct.e = g.reshape(g.shape[0], -1) if layer.ops.kind == "conv" else g
-        if layer.direct.e is None:
-            raise RuntimeError("direct feedback: the output layer has not run its backward")
-        return layer.direct.e
+        return direct_signal(layer, g)
 
     def _ensure_direct(self, layer, x):
         """Conv layers of a direct rule converted without input_shape: create the matrices now."""
