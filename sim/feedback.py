@@ -94,6 +94,11 @@ class Rule:
     def grads(self, layer, x, g, gW) -> dict:
         return {}
 
+    def forward(self, layer, x, W, b):
+        """(W's forward output, products the backward will reuse or None). Rules that need a
+        product with W in their backward can form it here, in the same pass over W."""
+        return layer.ops.forward(x, W, b), None
+
     @classmethod
     def sends_through_matrix(cls) -> bool:
         """True if the error sent down is ops.input_grad(g, B_w) with a full matrix B_w (bp, fa,
@@ -238,6 +243,19 @@ class LowDim(Rule):
         ops = layer.ops
         return (layer.P.mT @ ops.flat_q(self.q_weight(layer))).reshape(layer.weight.shape)
 
+    def forward(self, layer, x, W, b):
+        """lowrank P on a linear layer: Q_w Wᵀ, which ∇P needs, comes out of the forward product
+        itself, [x; Q_w] Wᵀ = [x Wᵀ; Q_w Wᵀ] (Q_w stacked under the batch, one read of W), so
+        the backward does not read W for it. Not under autocast (∇P needs W's precision)."""
+        if self.p_rule != "lowrank" or layer.ops.kind != "linear" or torch.is_autocast_enabled(x.device.type):
+            return super().forward(layer, x, W, b)
+        n = x.numel() // x.shape[-1]
+        stacked = torch.cat([x.reshape(n, x.shape[-1]), self.q_weight(layer).to(x.dtype)]).mm(W.t())
+        y = stacked[:n]
+        if b is not None:
+            y.add_(b)
+        return y.view(*x.shape[:-1], W.shape[0]), {"QWt": stacked[n:]}
+
     # -- backward ----------------------------------------------------------------------
     def backward(self, layer, x, g, gW, need_input: bool):
         """z = P g once (r numbers per example); the layer below gets Q_wᵀ z."""
@@ -277,8 +295,9 @@ class LowDim(Rule):
             # ΔP = Q_w ΔWᵀ (theory: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
             y = ops.forward(x, self.q_weight(layer), None)
             out["P"] = ops.cross(y, g)
-        elif self.p_rule == "lowrank":
-            out["P"] = ((Qf @ Qf.mT) @ P - Qf @ Wf.mT) * scale  # ∇P without forming QP - Wᵀ
+        elif self.p_rule == "lowrank":  # ∇P without forming QP - Wᵀ; Q_w Wᵀ from the forward if it made it
+            QWt = (getattr(layer, "forward_products", None) or {}).get("QWt")
+            out["P"] = ((Qf @ Qf.mT) @ P - (Qf @ Wf.mT if QWt is None else QWt)) * scale
         if self.q_rule == "kp":
             # ΔQ_w = P ΔW, formed on the batch side: Σ (P g) xᵀ
             out["Q"] = ops.weight_grad(x, z, layer.Q.shape)

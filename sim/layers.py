@@ -52,7 +52,8 @@ class _Feedback(torch.autograd.Function):
         ctx.layer = layer
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight)
-        return layer.ops.forward(x, weight, bias)
+        y, ctx.forward_products = layer.rule.forward(layer, x, weight, bias)
+        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -63,6 +64,7 @@ class _Feedback(torch.autograd.Function):
         x_dtype = x.dtype
         x, g = x.to(weight.dtype), g.to(weight.dtype)
         need_input = ctx.needs_input_grad[0]
+        layer.forward_products = ctx.forward_products  # this call's products (a layer may run twice)
         if rule.sends_through_matrix() and hasattr(ops, "fused_backward"):
             # Bᵀg, Σ g xᵀ and Σ g in one call, as autograd's own conv backward does for bp
             gx, gW, gb = ops.fused_backward(x, g, rule.feedback_weight(layer), need_input, ctx.has_bias)
@@ -71,6 +73,7 @@ class _Feedback(torch.autograd.Function):
             gb = ops.bias_grad(g) if ctx.has_bias else None
             gW = ops.weight_grad(x, g, weight.shape)
             gx, extra = rule.backward(layer, x, g, gW, need_input)
+        layer.forward_products = None
         if layer.track:
             layer.record(x, g, gx)
         gx = gx.to(x_dtype) if gx is not None else None

@@ -338,3 +338,32 @@ def test_low_dimensional_rules_do_not_take_the_fused_path():
     from ldfa.sim.feedback import DFA, LowDim
 
     assert not LowDim.sends_through_matrix() and not DFA.sends_through_matrix()
+
+
+def test_lowrank_p_reuses_the_forward_product():
+    """lowrank P on a linear layer takes Q_w Wᵀ from the stacked forward [x; Q_w] Wᵀ; every
+    gradient (a layer used twice included) equals the one with Q_w Wᵀ formed in the backward."""
+    import types
+
+    from ldfa.sim.feedback import Rule
+    from ldfa.sim.layers import convert, feedback_layers
+
+    def grads(stacked: bool):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(12, 12).double()
+        model = torch.nn.Sequential(layer)
+        convert(model, "ldfa", rank=3)
+        fl = feedback_layers(model)[0][1]
+        if not stacked:
+            fl.rule.forward = types.MethodType(Rule.forward, fl.rule)
+        x = torch.randn(5, 12, dtype=torch.double)
+        out = fl(torch.tanh(fl(x)))  # the same layer twice
+        products = fl.rule.forward(fl, x, fl.weight, fl.bias)[1]
+        (out**2).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, products
+
+    (a, products), (b, none) = grads(True), grads(False)
+    assert products is not None and none is None
+    assert set(a) == set(b) and {"0.P", "0.Q"} <= set(a)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-14)
