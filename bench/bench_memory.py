@@ -2,7 +2,8 @@
 
     python bench/bench_memory.py [--device cpu|cuda]
 
-MLP 784-2048-2048-2048-10, batch 256, SGD. On CUDA: torch.cuda.max_memory_allocated
+MLP 784-2048-2048-2048-10, batch 256, SGD (``--model mlp``), or ResNet-18 (bench/resnet18.py,
+1000 classes, ``--model resnet18 --size 224 --batch 4``). On CUDA: torch.cuda.max_memory_allocated
 around the steps. On CPU: each rule runs in a fresh process; the step's working memory is
 the peak resident size (VmHWM, reset just before) during 3 steps minus the resident size
 before them (set-up peaks such as ldfa's SVD at conversion are excluded).
@@ -29,7 +30,7 @@ def _status(field: str) -> int:
     raise RuntimeError(field)
 
 
-def measure(rule_kw: dict, device: str) -> int:
+def measure(rule_kw: dict, device: str, model_name: str = "mlp", size: int = 224, batch: int = 4) -> int:
     """Bytes of working memory of 3 training steps."""
     import torch
     import torch.nn.functional as F
@@ -38,8 +39,15 @@ def measure(rule_kw: dict, device: str) -> int:
     from ldfa.sim.layers import convert
 
     torch.manual_seed(0)
-    model = convert(models.MLP([784, 2048, 2048, 2048, 10]), **rule_kw).to(device)
-    x, y = torch.randn(256, 784, device=device), torch.randint(0, 10, (256,), device=device)
+    if model_name == "resnet18":
+        from resnet18 import resnet18
+
+        net, shape, classes = resnet18(1000)[0], (batch, 3, size, size), 1000
+        rule_kw = {**rule_kw, "clip_rank": "rank" in rule_kw, "input_shape": shape[1:]}
+    else:
+        net, shape, classes = models.MLP([784, 2048, 2048, 2048, 10]), (256, 784), 10
+    model = convert(net, **rule_kw).to(device)
+    x, y = torch.randn(*shape, device=device), torch.randint(0, classes, (shape[0],), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -63,19 +71,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", choices=("mlp", "resnet18"), default="mlp")
+    ap.add_argument("--size", type=int, default=224, help="ResNet-18 image side (px)")
+    ap.add_argument("--batch", type=int, default=4, help="ResNet-18 batch")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one rule in this process
     args = ap.parse_args()
+    model = (args.model, args.size, args.batch)
     if args.one:
-        print(measure(json.loads(args.one), args.device))
+        print(measure(json.loads(args.one), args.device, *model))
         return
     out = {name: [] for name in RULES}
     for _ in range(args.repeats):  # interleaved fresh processes; the median is reported
         for name, kw in RULES.items():
-            res = subprocess.run([sys.executable, __file__, "--device", args.device, "--one", json.dumps(kw)],
+            res = subprocess.run([sys.executable, __file__, "--device", args.device, "--model", args.model,
+                                  "--size", str(args.size), "--batch", str(args.batch), "--one", json.dumps(kw)],
                                  capture_output=True, text=True, check=True)
             out[name].append(int(res.stdout.strip().splitlines()[-1]))
     med = {name: statistics.median(v) for name, v in out.items()}
-    print(f"working memory of 3 SGD steps, MLP 784-2048x3-10, batch 256, {args.device} "
+    what = ("MLP 784-2048x3-10, batch 256" if args.model == "mlp" else
+            f"ResNet-18, {args.size} px, batch {args.batch}")
+    print(f"working memory of 3 SGD steps, {what}, {args.device} "
           f"(median of {args.repeats} processes; min-max in brackets):")
     for name, v in out.items():
         print(f"  {name:<24}{med[name] / 2**20:8.1f} MiB [{min(v) / 2**20:.0f}-{max(v) / 2**20:.0f}]"

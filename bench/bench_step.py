@@ -2,7 +2,9 @@
 
     python bench/bench_step.py [--device cpu|cuda] [--repeats 7] [--steps 10]
 
-Models: an MLP 784-2048-2048-2048-10 (batch 256) and the conv net (batch 128, 28x28).
+Models: an MLP 784-2048-2048-2048-10 (batch 256), the conv net (batch 128, 28x28) and
+ResNet-18 (bench/resnet18.py: torchvision's when it loads, else a replica of it; random init,
+1000 classes, ``--resnet-size`` px, ``--resnet-batch``), chosen with ``--models``.
 Each repeat times ``steps`` SGD steps of every rule back to back (interleaved, so slow
 drift of the machine hits all rules alike); the ratio is median(rule) / median(bp).
 "floor" is bp without its input-gradient products (every layer below gets a zero error):
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from ldfa.sim import models
 from ldfa.sim.feedback import Rule
 from ldfa.sim.layers import convert, feedback_layers
+from resnet18 import resnet18
 
 RULES = {
     "bp": dict(rule="bp"),
@@ -30,6 +33,7 @@ RULES = {
     "ld r=10 (oja, kp)": dict(rule="ld", rank=10, p_rule="oja", q_rule="kp"),
     "ld r=10 (fixed, fixed)": dict(rule="ld", rank=10, p_rule="fixed", q_rule="fixed"),
     "ldfa r=10 (lowrank)": dict(rule="ldfa", rank=10),
+    "ldfa-local r=10 (kp)": dict(rule="ldfa-local", rank=10),
     "floor: no input product": dict(rule="floor"),
 }
 
@@ -45,21 +49,29 @@ class NoInputProduct(Rule):
         return x.new_zeros(()).expand(x.shape)
 
 
+RESNET = {"size": 64, "batch": 32}
+
+
 def make(name: str, rule_kw: dict, device):
     torch.manual_seed(0)
     if name == "mlp":
-        model = models.MLP([784, 2048, 2048, 2048, 10])
+        model, classes = models.MLP([784, 2048, 2048, 2048, 10]), 10
         x = torch.randn(256, 784)
-    else:
-        model = models.ConvNet(in_channels=1, image_size=28)
+    elif name == "cnn":
+        model, classes = models.ConvNet(in_channels=1, image_size=28), 10
         x = torch.randn(128, 1, 28, 28)
-    y = torch.randint(0, 10, (x.shape[0],))
+    elif name == "resnet18":
+        model, classes = resnet18(1000)[0], 1000
+        x = torch.randn(RESNET["batch"], 3, RESNET["size"], RESNET["size"])
+    else:
+        raise SystemExit(f"--models: unknown model {name!r}; allowed: mlp, cnn, resnet18")
+    y = torch.randint(0, classes, (x.shape[0],))
     if rule_kw["rule"] == "floor":
         convert(model, "fa")
         for _, layer in feedback_layers(model):
             layer.rule = NoInputProduct()
     else:
-        convert(model, **rule_kw, clip_rank="rank" in rule_kw)
+        convert(model, **rule_kw, clip_rank="rank" in rule_kw, input_shape=tuple(x.shape[1:]))
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     return model, opt, x.to(device), y.to(device)
@@ -97,17 +109,22 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--models", default="mlp,cnn,resnet18")
+    ap.add_argument("--resnet-size", type=int, default=RESNET["size"], help="ResNet-18 image side (px)")
+    ap.add_argument("--resnet-batch", type=int, default=RESNET["batch"])
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    RESNET.update(size=args.resnet_size, batch=args.resnet_batch)
     device = torch.device(args.device)
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {device}, "
           f"torch {torch.__version__}")
     for name in args.models.split(","):
         times = bench(name, device, args.repeats, args.steps)
         base = statistics.median(times["bp"])
+        if name == "resnet18":
+            name = f"resnet18 ({resnet18(10)[1]}, {RESNET['size']} px, batch {RESNET['batch']})"
         print(f"\n{name}: ms per step (min / median / max) and ratio of medians to bp")
         for rule, ts in times.items():
             ratios = [t / base for t in ts]

@@ -125,7 +125,7 @@ def _images(n: int | None) -> str:
 def _setup(preset: str) -> dict:
     """The training setups of ``preset`` as phrases, read from the experiment definitions."""
     out = {}
-    mlp = {**mlp_figs.SETTINGS, **mlp_figs.PRESET_SETTINGS[preset]}
+    mlp = mlp_figs._config(preset, 0, "mlp", {})
     out["MlpSetup"] = (f"{'-'.join(map(str, (784, *mlp['hidden'], 10)))}, "
                        f"{mlp['model_options']['activation']}, {_images(mlp.get('train_subset'))}, "
                        + (f"{mlp['steps']} steps" if "steps" in mlp else f"{in_words(mlp['epochs'])} epochs"))
@@ -135,7 +135,8 @@ def _setup(preset: str) -> dict:
         opts = cfg.get("model_options", {})
         steps = f"{cfg['steps']} steps" if "steps" in cfg else f"{in_words(cfg['epochs'])} epochs"
         if suite == "vit":
-            arch = f"width {opts['width']}, {in_words(opts['depth'])} blocks, {opts['heads']} heads"
+            arch = (f"width {opts['width']}, {in_words(opts['depth'])} blocks, {opts['heads']} heads, "
+                    f"{opts['patch']}$\\times${opts['patch']} patches")
         else:
             arch = "channels " + ", ".join(map(str, opts.get("channels", (32, 64, 64))))  # ConvNet's default
         out[f"{suite.capitalize()}Setup"] = f"{arch}; {_images(cfg.get('train_subset'))}, {steps}"

@@ -14,6 +14,7 @@ import torch
 
 from ..sim.toast import tuned_parameters
 from ..sim.train import TrainConfig, save_state, train
+from .mlp_figs import QUICK_VIT
 from .runner import Job
 from .store import Store
 from .tables import write_table
@@ -21,14 +22,14 @@ from .tables import write_table
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 VIT = dict(model="vit", data="fashion-mnist", batch_size=128, optimizer="adam",
            model_options={"width": 64, "depth": 2, "heads": 4, "patch": 4})
-PRESET = {"quick": dict(train_subset=10000, pretrain_epochs=4, epochs=2),
+PRESET = {"quick": dict(train_subset=10000, pretrain_epochs=4, epochs=2, model_options=QUICK_VIT),
           "full": dict(train_subset=None, pretrain_epochs=10, epochs=5),
           "tiny": dict(train_subset=512, test_subset=500, steps=4, pretrain_epochs=1, epochs=1)}
 SEEDS = {"quick": [0], "full": [0, 1, 2], "tiny": [0]}
 SOURCE_LR = 1e-3
 # estimated seconds of one run on one idle core (progress estimate only)
-COST = {"source": {"quick": 40.0, "full": 600.0, "tiny": 3.0},
-        "target": {"quick": 15.0, "full": 200.0, "tiny": 2.0}}
+COST = {"source": {"quick": 22.0, "full": 600.0, "tiny": 3.0},
+        "target": {"quick": 9.0, "full": 200.0, "tiny": 2.0}}
 # learning rates: frozen-backbone methods train a few new, small-init parameters and take a
 # larger step (chosen from {1e-3, 3e-3, 1e-2} in one quick run, see the README)
 METHODS = {"linear probe": dict(transfer="probe", lr=1e-2),

@@ -104,12 +104,35 @@ def load_idx(images_path, labels_path, hint: str = IDX_HINT) -> tuple[torch.Tens
     :class:`DatasetError` naming the path, followed by ``hint`` (how to obtain the data).
     """
     images_path, labels_path = Path(images_path), Path(labels_path)
+    key = _file_key(images_path, labels_path)
+    if key is not None and key in _IDX_CACHE:  # the same unchanged files, read before in this process
+        images, labels = _IDX_CACHE[key]
+        return images.clone(), labels.clone()
     images = _parse_idx(_read_file(images_path, hint), images_path, IDX_IMAGES_MAGIC, 3, hint)
     labels = _parse_idx(_read_file(labels_path, hint), labels_path, IDX_LABELS_MAGIC, 1, hint)
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in "
                            f"{images_path}; {hint}")
-    return images, labels.to(torch.int64)
+    labels = labels.to(torch.int64)
+    if key is not None:
+        while len(_IDX_CACHE) >= _IDX_CACHE_SIZE:
+            _IDX_CACHE.pop(next(iter(_IDX_CACHE)))
+        _IDX_CACHE[key] = (images.clone(), labels.clone())
+    return images, labels
+
+
+# decoded IDX files of this process, keyed by path, size, modification time and inode of both
+# files (a figure worker trains many runs on the same files; gunzip + parse is ~0.5 s a split)
+_IDX_CACHE: dict = {}
+_IDX_CACHE_SIZE = 4
+
+
+def _file_key(*paths: Path):
+    try:
+        return tuple((str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+                     for p, st in ((p, p.stat()) for p in paths))
+    except OSError:
+        return None  # reading reports the problem
 
 
 def _idx_file(root: Path, split: str, kind: str, hint: str) -> Path:
@@ -376,6 +399,29 @@ def image_dataset(reader, split: str, flatten: bool, num_classes: int, name: str
     return Dataset(normalize(images, mean, std, flatten), labels, num_classes, name, mean, std)
 
 
+def _idx_image_dataset(name: str, root, split: str, flatten: bool, reader) -> Dataset:
+    """image_dataset of an IDX set, kept per process for the same unchanged files (a figure
+    worker trains dozens of runs on one set; statistics and normalization take ~0.3 s each
+    time). Each call gets its own copy of the tensors."""
+    try:
+        files = [_idx_file(Path(root), sp, kind, "") for sp in SPLITS for kind in ("images", "labels")]
+    except (DatasetError, OSError):
+        files = None  # reading reports the problem
+    key = (name, split, flatten, _file_key(*files)) if files else None
+    if key is None or key[-1] is None or key not in _DATASET_CACHE:
+        ds = image_dataset(reader, split, flatten, 10, name)
+        if key is None or key[-1] is None:
+            return ds
+        while len(_DATASET_CACHE) >= _IDX_CACHE_SIZE:
+            _DATASET_CACHE.pop(next(iter(_DATASET_CACHE)))
+        _DATASET_CACHE[key] = ds
+    ds = _DATASET_CACHE[key]
+    return dataclasses.replace(ds, x=ds.x.clone(), y=ds.y.clone())
+
+
+_DATASET_CACHE: dict = {}
+
+
 # ----------------------------------------------------------------------------- teachers
 
 
@@ -548,11 +594,12 @@ def load(name: str, root=None, split: str = "train", flatten: bool = False, **op
         raise ConfigError(f"{name}: unknown option(s) {', '.join(sorted(options))}; image data sets take "
                           "only root, split and flatten")
     if name == "fashion-mnist":
-        return image_dataset(lambda s: fashion_mnist(root, s), split, flatten, 10, name)
+        return _idx_image_dataset(name, root if root is not None else FASHION_MNIST_ROOT, split, flatten,
+                                  lambda s: fashion_mnist(root, s))
     if name == "mnist":
         if root is None:
             mnist(None)   # raises the one-line error
-        return image_dataset(lambda s: mnist(root, s), split, flatten, 10, name)
+        return _idx_image_dataset(name, root, split, flatten, lambda s: mnist(root, s))
     if name in ("cifar10", "cifar100"):
         classes = 10 if name == "cifar10" else 100
         if root is None:

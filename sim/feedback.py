@@ -246,8 +246,11 @@ class LowDim(Rule):
     def forward(self, layer, x, W, b):
         """lowrank P on a linear layer: Q_w Wᵀ, which ∇P needs, comes out of the forward product
         itself, [x; Q_w] Wᵀ = [x Wᵀ; Q_w Wᵀ] (Q_w stacked under the batch, one read of W), so
-        the backward does not read W for it. Not under autocast (∇P needs W's precision)."""
-        if self.p_rule != "lowrank" or layer.ops.kind != "linear" or torch.is_autocast_enabled(x.device.type):
+        the backward does not read W for it. Only where W is at least as large as the batch of
+        inputs that the stacking copies (an MLP's wide layers, not a transformer's token batch),
+        and not under autocast (∇P needs W's precision)."""
+        if (self.p_rule != "lowrank" or layer.ops.kind != "linear" or W.numel() < x.numel()
+                or torch.is_autocast_enabled(x.device.type)):
             return super().forward(layer, x, W, b)
         n = x.numel() // x.shape[-1]
         stacked = torch.cat([x.reshape(n, x.shape[-1]), self.q_weight(layer).to(x.dtype)]).mm(W.t())

@@ -95,8 +95,9 @@ class FeedbackLayer(nn.Module):
         rule.setup(self, generator)
 
     def forward(self, x):
-        if isinstance(self.rule, BP) and not self.track and self.ops.kind != "batched-linear":
-            return self.ops.forward(x, self.weight, self.bias)  # exactly autograd's backprop
+        if not torch.is_grad_enabled() or (isinstance(self.rule, BP) and not self.track
+                                           and self.ops.kind != "batched-linear"):
+            return self.ops.forward(x, self.weight, self.bias)  # no backward, or exactly autograd's bp
         # (batched layers take the Function even for bp: its Σ gᵀx is laid out like W, autograd's
         # is a transposed view that costs a copy per weight per step)
         learned = [getattr(self, name) for name in self.rule.learned]

@@ -175,19 +175,22 @@ class ResidualBlock(nn.Module):
 class ResNet(nn.Module):
     """Small residual conv net for (B, C, H, W) images with H = W = ``image_size``.
 
-    ``stem`` = nn.Conv2d(in_channels, width, 3x3, padding 1), BatchNorm, ReLU, 2x2 max-pool; then
-    ``blocks``: ``depth`` residual blocks of ``width`` channels (the skip connection carries the
-    error past each block's two convs); global average pool; ``head`` = nn.Linear(width, classes).
+    ``stem`` = nn.Conv2d(in_channels, width, 3x3, padding 1), BatchNorm, ReLU, ``pool`` x ``pool``
+    max-pool (default 2: the blocks see image_size/2 x image_size/2 maps; 4: a quarter of the
+    positions, for quick runs); then ``blocks``: ``depth`` residual blocks of ``width`` channels (the
+    skip connection carries the error past each block's two convs); global average pool; ``head`` =
+    nn.Linear(width, classes).
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, width: int = 32, depth: int = 3,
-                 classes: int = 10):
+                 classes: int = 10, pool: int = 2):
         super().__init__()
         for name, value in [("in_channels", in_channels), ("image_size", image_size), ("width", width),
-                            ("depth", depth), ("classes", classes)]:
+                            ("depth", depth), ("classes", classes), ("pool", pool)]:
             _positive_int(name, value)
-        if image_size < 2:
-            raise ConfigError(f"image_size={image_size}: must be >= 2 for the stem's 2x2 max-pool")
+        if image_size < pool:
+            raise ConfigError(f"image_size={image_size}: must be >= pool={pool} for the stem's max-pool")
+        self.pool = pool
         self.out_features = classes
         self.stem = nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
         self.stem_norm = nn.BatchNorm2d(width)
@@ -195,7 +198,7 @@ class ResNet(nn.Module):
         self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.stem_norm(self.stem(x))), 2)
+        x = F.max_pool2d(F.relu(self.stem_norm(self.stem(x))), self.pool)
         for block in self.blocks:
             x = block(x)
         return self.head(x.mean(dim=(2, 3)))
@@ -348,7 +351,7 @@ def build(name: str, input_shape: int | Sequence[int], classes: int, **kwargs) -
       init_scale.
     - ``"mlp"``: MLP([prod(input_shape), *hidden, classes]); options hidden=(256, 256), activation, bias.
     - ``"cnn"``: ConvNet on (C, S, S) images; options channels, hidden.
-    - ``"resnet"``: ResNet on (C, S, S) images; options width, depth.
+    - ``"resnet"``: ResNet on (C, S, S) images; options width, depth, pool.
     - ``"vit"``: VisionTransformer on (C, S, S) images; options patch, width, depth, heads, mlp_ratio,
       dropout, pool.
 

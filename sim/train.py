@@ -460,7 +460,7 @@ def loss_fn(out, y):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, batch_size=1000) -> dict:
+def evaluate(model, dataset, batch_size=256) -> dict:
     model.eval()
     total, loss, correct = 0, 0.0, 0
     for x, y in dataset.batches(batch_size, shuffle=False):
@@ -585,7 +585,10 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
     bar.close()
     if log:
         log.close()
-    final = evaluate(core, test_set)
+    last = history[-1] if history else {}
+    # the last step was evaluated already (same weights, eval mode): not a second pass
+    final = ({k: last[k] for k in ("test_loss", "test_acc") if k in last}
+             if last.get("step") == total and "test_loss" in last else evaluate(core, test_set))
     return {"config": dataclasses.asdict(cfg), "history": history, **final, "rank": rank, "world": world,
             "steps": total, "seconds": time.perf_counter() - t0, "model": core}
 

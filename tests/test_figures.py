@@ -126,3 +126,15 @@ def test_transfer_table_reads_the_store_and_counts_tuned_parameters(tmp_path):
     make.run("tiny", only=["transfer_table"], out=tmp_path / "out2", store=again)
     assert again.misses == 0
     assert (tmp_path / "out2" / "transfer_table.md").read_text() == text
+
+
+def test_divergence_is_judged_on_the_test_loss_not_a_noisy_last_batch():
+    from ldfa.figures.mlp_figs import diverged
+
+    healthy = {"status": "done", "test_loss": 0.45, "history": [{"loss": 0.40}, {"loss": 0.71}]}
+    blown_up = {"status": "done", "test_loss": 10.1, "history": [{"loss": 0.87}, {"loss": 9.0}]}
+    nan_logged = {"status": "done", "test_loss": 0.5, "history": [{"loss": float("nan")}]}
+    assert not diverged(healthy)  # last batch 1.8x the first: noise, not a blow-up
+    assert diverged(blown_up) and diverged(nan_logged)
+    assert diverged({"status": "failed", "test_loss": float("nan"), "history": []})
+    assert not diverged({"status": "done", "test_loss": 3.0, "history": []}, classes=100)  # ln 100 = 4.6
