@@ -222,11 +222,20 @@ def _numbers(preset: str, store: Store, report: list[verify.Result]) -> str:
 # -- LaTeX text and tables ------------------------------------------------------------------
 
 TEX = {"_": r"\_", "½": r"$\frac12$", "τ": r"$\tau$", "λ": r"$\lambda$", "α": r"$\alpha$",
-       "|": r"$|$", "%": r"\%", "&": r"\&", "#": r"\#"}
+       "|": r"$|$", "%": r"\%", "&": r"\&", "#": r"\#", "−": "$-$", "ε": r"$\varepsilon$",
+       "∠": r"$\angle$", "ᵀ": r"$^\top$", "·": r"$\cdot$", "×": r"$\times$", "≤": r"$\le$",
+       "≈": r"$\approx$", "√": r"$\surd$", "∞": r"$\infty$", "²": "$^2$", "Δ": r"$\Delta$",
+       "Π": r"$\Pi$", "Ω": r"$\Omega$", "δ": r"$\delta$", "η": r"$\eta$", "ρ": r"$\rho$",
+       "σ": r"$\sigma$", "‖": r"$\|$", "→": r"$\to$", "≥": r"$\ge$", "⟨": r"$\langle$",
+       "⟩": r"$\rangle$"}
 # whole phrases of the verification labels, typeset as mathematics
 PHRASES = {"max |L_ld - L_bp| / L(0)": r"$\max_t |L_\mathrm{ld} - L_\mathrm{bp}| / L(0)$",
            "smallest r ": "smallest $r$ ",
-           "t½": r"$t_{1/2}$", "r = ": "$r$ = ", "L = ": "$L$ = ", "λ = ": r"$\lambda$ = "}
+           "t½": r"$t_{1/2}$", "r = ": "$r$ = ", "L = ": "$L$ = ", "λ = ": r"$\lambda$ = ",
+           "(ε_sim−ε_ode)/ε_ode": r"$(\varepsilon_\mathrm{sim}-\varepsilon_\mathrm{ode})/\varepsilon_\mathrm{ode}$",
+           "ε_sim−ε_ode": r"$\varepsilon_\mathrm{sim}-\varepsilon_\mathrm{ode}$", "ε_g": r"$\varepsilon_g$",
+           "cos∠(vᵀ,B)": r"$\cos\angle(v^\top\!, B)$", "t_align/t_learn": r"$t_\mathrm{align}/t_\mathrm{learn}$",
+           "MC − closed form": r"MC $-$ closed form"}
 
 
 def _strict_numbers(preset: str, store: Store) -> dict:
@@ -302,7 +311,8 @@ def _verify_table(report: list[verify.Result]) -> str:
     row of their own that states the measured value and the requirement."""
     predictions = [r for r in report if r.name not in CRITERIA]
     criteria = [r for r in report if r.name in CRITERIA]
-    rows = [r"\begin{tabular}{@{}llrrrrc@{}}", r"\toprule",
+    # the quantity column wraps (the teacher-student labels are long); needs the array package
+    rows = [r"\begin{tabular}{@{}l>{\raggedright\arraybackslash}p{4.2cm}rrrrc@{}}", r"\toprule",
             r"check & quantity & theory & simulation & deviation & tolerance & pass \\", r"\midrule"]
     for r in predictions:
         dev = _num(r.deviation, 2)

@@ -32,6 +32,17 @@ def test_labels_become_latex():
     assert paper._label("max |L_ld - L_bp| / L(0)") == r"$\max_t |L_\mathrm{ld} - L_\mathrm{bp}| / L(0)$"
 
 
+def test_every_character_of_the_verify_labels_becomes_ascii_latex():
+    """pdflatex stops at a unicode character it has no definition for (the build would fail)."""
+    figures = Path(paper.__file__).parent
+    chars = {ch for name in ("verify.py", "verify_nonlinear.py")
+             for ch in (figures / name).read_text(encoding="utf-8") if not ch.isascii()}
+    assert chars  # the labels do use unicode
+    assert {ch: paper._label(ch) for ch in chars if not paper._label(ch).isascii()} == {}
+    for q, *_ in [(r.quantity,) for r in _report()]:
+        assert paper._label(q).isascii(), q
+
+
 def test_numbers_are_phrased_for_their_seed_count():
     assert paper.seed_phrase(1) == "one seed"
     assert paper.seed_phrase(3) == "the mean of three seeds"
@@ -54,7 +65,14 @@ def _report(fail: str | None = None) -> list[verify.Result]:
             "sequential-modes": ("t½ per mode (τ), r = 1", 7.176, 7.221, 9.86e-3, 3e-2),
             "deep-balanced": ("t½ per mode (τ), L = 3", 9.145, 9.162, 6.65e-3, 3e-2),
             "lambda-balanced": ("t½ per mode (τ), λ = 1", 0.5468, 0.5451, 3.11e-3, 3e-2),
-            "nonlinear-rank": ("smallest r within 1 pt of bp", 10.0, 5.0, -5.0, 0.0)}
+            "nonlinear-rank": ("smallest r within 1 pt of bp", 10.0, 5.0, -5.0, 0.0),
+            # the teacher-student checks' labels as `ldfa verify` writes them (unicode included)
+            "ts-integrals": ("max |MC − closed form| / MC s.e.", 0.0, 2.46, 2.46, 5.0),
+            "ts-bp": ("(ε_sim−ε_ode)/ε_ode, N=500, 6 seeds", 0.04454, 0.04488, 0.0354, 0.162),
+            "ts-scaling": ("std(ε_sim−ε_ode) N=250 / N=1000", 2.0, 1.957, 0.0215, 0.3),
+            "ts-plateau": ("plateau ε_g (K=M=2); escape t sim 90 / ode 84", 0.02098, 0.02073, 2.53e-4, 6.6e-4),
+            "ts-fa-align": ("cos∠(vᵀ,B); t_align/t_learn ode 1.0/2.5, sim 1.0/2.5", 0.9964, 0.9962, 0.0618,
+                            0.298)}
     assert set(rows) <= set(verify.CHECKS)
     for name in verify.CHECKS:  # checks added later: a relative deviation of typical size
         rows.setdefault(name, (f"{name} quantity", 1.234, 1.245, 8.9e-3, 5e-2))
