@@ -25,7 +25,7 @@ from ..theory import predictions as pred
 from ..theory.config import TheoryConfig
 from ..theory.errors import ConfigError
 from ..theory.integrate import integrate, integrate_modes
-from .style import PALETTE, figure, save
+from .style import PALETTE, figure, legend_below, save
 
 
 @dataclass
@@ -308,7 +308,8 @@ def plot(result: Result, out_dir) -> list[Path]:
                  f"(dev {result.deviation:.2g}, tol {result.tolerance:.2g})")
     if c.get("ylabel") == "loss":
         ax.set_yscale("log")
-    ax.legend()
+    handles = ax.get_legend_handles_labels()[0]
+    legend_below(fig, handles, ncol=len(handles))  # outside the axes: never over a curve
     return save(fig, out_dir, f"verify_{result.name}")
 
 
