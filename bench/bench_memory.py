@@ -83,9 +83,9 @@ def main():
     out = {name: [] for name in RULES}
     for _ in range(args.repeats):  # interleaved fresh processes; the median is reported
         for name, kw in RULES.items():
-            res = subprocess.run([sys.executable, __file__, "--device", args.device, "--model", args.model,
-                                  "--size", str(args.size), "--batch", str(args.batch), "--one", json.dumps(kw)],
-                                 capture_output=True, text=True, check=True)
+            cmd = [sys.executable, __file__, "--device", args.device, "--model", args.model,
+                   "--size", str(args.size), "--batch", str(args.batch), "--one", json.dumps(kw)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out[name].append(int(res.stdout.strip().splitlines()[-1]))
     med = {name: statistics.median(v) for name, v in out.items()}
     what = ("MLP 784-2048x3-10, batch 256" if args.model == "mlp" else

@@ -20,11 +20,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from resnet18 import resnet18
 
 from ldfa.sim import models
 from ldfa.sim.feedback import Rule
 from ldfa.sim.layers import convert, feedback_layers
-from resnet18 import resnet18
 
 RULES = {
     "bp": dict(rule="bp"),
@@ -112,6 +112,8 @@ def main():
     ap.add_argument("--models", default="mlp,cnn,resnet18")
     ap.add_argument("--resnet-size", type=int, default=RESNET["size"], help="ResNet-18 image side (px)")
     ap.add_argument("--resnet-batch", type=int, default=RESNET["batch"])
+    ap.add_argument("--resnet-steps", type=int, default=2,
+                    help="steps per repeat for ResNet-18 (~0.5 s each)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
@@ -121,7 +123,7 @@ def main():
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {device}, "
           f"torch {torch.__version__}")
     for name in args.models.split(","):
-        times = bench(name, device, args.repeats, args.steps)
+        times = bench(name, device, args.repeats, args.resnet_steps if name == "resnet18" else args.steps)
         base = statistics.median(times["bp"])
         if name == "resnet18":
             name = f"resnet18 ({resnet18(10)[1]}, {RESNET['size']} px, batch {RESNET['batch']})"

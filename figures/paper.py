@@ -232,9 +232,11 @@ TEX = {"_": r"\_", "½": r"$\frac12$", "τ": r"$\tau$", "λ": r"$\lambda$", "α"
 PHRASES = {"max |L_ld - L_bp| / L(0)": r"$\max_t |L_\mathrm{ld} - L_\mathrm{bp}| / L(0)$",
            "smallest r ": "smallest $r$ ",
            "t½": r"$t_{1/2}$", "r = ": "$r$ = ", "L = ": "$L$ = ", "λ = ": r"$\lambda$ = ",
-           "(ε_sim−ε_ode)/ε_ode": r"$(\varepsilon_\mathrm{sim}-\varepsilon_\mathrm{ode})/\varepsilon_\mathrm{ode}$",
+           "(ε_sim−ε_ode)/ε_ode":
+               r"$(\varepsilon_\mathrm{sim}-\varepsilon_\mathrm{ode})/\varepsilon_\mathrm{ode}$",
            "ε_sim−ε_ode": r"$\varepsilon_\mathrm{sim}-\varepsilon_\mathrm{ode}$", "ε_g": r"$\varepsilon_g$",
-           "cos∠(vᵀ,B)": r"$\cos\angle(v^\top\!, B)$", "t_align/t_learn": r"$t_\mathrm{align}/t_\mathrm{learn}$",
+           "cos∠(vᵀ,B)": r"$\cos\angle(v^\top\!, B)$",
+           "t_align/t_learn": r"$t_\mathrm{align}/t_\mathrm{learn}$",
            "MC − closed form": r"MC $-$ closed form"}
 
 

@@ -137,6 +137,14 @@ class ConvOps:
         return g.sum((0, 2, 3))
 
     def input_grad(self, g, M, x_shape):
+        """Mᵀg as a transposed convolution. An error compressed to fewer channels than the layer
+        has inputs (ld: z = P g with r channels, M = Q_w) is expanded in channels-last layout on
+        CPU, where oneDNN's kernel for so few channels is 1.2-4.5x faster than in NCHW (ResNet-18
+        sizes, r = 10; the result is made contiguous again, one copy)."""
+        if g.device.type == "cpu" and g.dim() == 4 and g.shape[1] < M.shape[1]:
+            cl = torch.channels_last
+            return conv2d_input(x_shape, M.contiguous(memory_format=cl), g.contiguous(memory_format=cl),
+                                self.stride, self.padding, self.dilation, self.groups).contiguous()
         return conv2d_input(x_shape, M, g, self.stride, self.padding, self.dilation, self.groups)
 
     def compress(self, g, P):

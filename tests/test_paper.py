@@ -70,7 +70,8 @@ def _report(fail: str | None = None) -> list[verify.Result]:
             "ts-integrals": ("max |MC − closed form| / MC s.e.", 0.0, 2.46, 2.46, 5.0),
             "ts-bp": ("(ε_sim−ε_ode)/ε_ode, N=500, 6 seeds", 0.04454, 0.04488, 0.0354, 0.162),
             "ts-scaling": ("std(ε_sim−ε_ode) N=250 / N=1000", 2.0, 1.957, 0.0215, 0.3),
-            "ts-plateau": ("plateau ε_g (K=M=2); escape t sim 90 / ode 84", 0.02098, 0.02073, 2.53e-4, 6.6e-4),
+            "ts-plateau": ("plateau ε_g (K=M=2); escape t sim 90 / ode 84", 0.02098, 0.02073, 2.53e-4,
+                           6.6e-4),
             "ts-fa-align": ("cos∠(vᵀ,B); t_align/t_learn ode 1.0/2.5, sim 1.0/2.5", 0.9964, 0.9962, 0.0618,
                             0.298)}
     assert set(rows) <= set(verify.CHECKS)
