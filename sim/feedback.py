@@ -288,21 +288,27 @@ class LowDim(Rule):
         P, Wf = layer.P, ops.flat(layer.weight)
         scale = self.scale
         Qf = ops.flat_q(self.q_weight(layer))
-        if z is None and (self.p_rule == "oja" or self.q_rule == "kp"):
+        # Kolen-Pollack's products with ΔW = Σ g xᵀ are formed from W's gradient itself where that
+        # is smaller than the batch (n_out < samples: conv maps, token batches), else on the batch
+        # side; the two are equal by linearity
+        from_gW = gW is not None and ops.flat(gW).shape[-2] < ops.n_rows(g)
+        if z is None and (self.p_rule == "oja" or (self.q_rule == "kp" and not from_gW)):
             z = ops.compress(g, P)
         if self.p_rule == "oja":
             # ΔP = η ⟨z δᵀ - z zᵀ P⟩ with δ = b·g the per-example error (batch-mean loss over
             # b examples; every position of a conv map and every token counts as a sample)
             out["P"] = oja_grad(P, ops.cross(z, g), ops.cross(z, z), ops.n_rows(g), ops.batch_size(g))
-        elif self.p_rule == "kp":
-            # ΔP = Q_w ΔWᵀ (theory: Qᵀ ΔWᵀ), formed on the batch side: Σ (Q_w x) gᵀ
+        elif self.p_rule == "kp" and from_gW:  # ΔP = Q_w ΔWᵀ (theory: Qᵀ ΔWᵀ)
+            out["P"] = Qf @ ops.flat(gW).mT
+        elif self.p_rule == "kp":  # the same on the batch side: Σ (Q_w x) gᵀ
             y = ops.forward(x, self.q_weight(layer), None)
             out["P"] = ops.cross(y, g)
         elif self.p_rule == "lowrank":  # ∇P without forming QP - Wᵀ; Q_w Wᵀ from the forward if it made it
             QWt = (getattr(layer, "forward_products", None) or {}).get("QWt")
             out["P"] = ((Qf @ Qf.mT) @ P - (Qf @ Wf.mT if QWt is None else QWt)) * scale
-        if self.q_rule == "kp":
-            # ΔQ_w = P ΔW, formed on the batch side: Σ (P g) xᵀ
+        if self.q_rule == "kp" and from_gW:  # ΔQ_w = P ΔW
+            out["Q"] = (P @ ops.flat(gW)).reshape(layer.Q.shape)
+        elif self.q_rule == "kp":  # the same on the batch side: Σ (P g) xᵀ
             out["Q"] = ops.weight_grad(x, z, layer.Q.shape)
         elif self.q_rule == "lowrank":
             out["Q"] = (((P @ P.mT) @ Qf - P @ Wf) * scale).reshape(layer.Q.shape)

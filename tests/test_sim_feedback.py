@@ -367,3 +367,24 @@ def test_lowrank_p_reuses_the_forward_product():
     assert set(a) == set(b) and {"0.P", "0.Q"} <= set(a)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "tokens"])
+def test_kolen_pollack_factor_gradients_from_dW_equal_the_batch_side_ones(kind):
+    """ΔP = Q_w ΔWᵀ and ΔQ_w = P ΔW from W's gradient (used where n_out < samples) equal the
+    batch-side sums Σ (Q_w x) gᵀ and Σ (P g) xᵀ (used otherwise)."""
+    from ldfa.sim.layers import convert, feedback_layers
+
+    torch.manual_seed(0)
+    module = {"linear": torch.nn.Linear(6, 5), "tokens": torch.nn.Linear(6, 5),
+              "conv": torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)}[kind].double()
+    model = torch.nn.Sequential(module)
+    convert(model, "ld", rank=2, p_rule="kp", q_rule="kp")
+    layer = feedback_layers(model)[0][1]
+    x = torch.randn(*{"linear": (7, 6), "tokens": (3, 4, 6), "conv": (3, 3, 6, 6)}[kind], dtype=torch.double)
+    g = torch.randn_like(layer.ops.forward(x, layer.weight, None))
+    gW = layer.ops.weight_grad(x, g, layer.weight.shape)
+    from_dW, batch_side = layer.rule.grads(layer, x, g, gW), layer.rule.grads(layer, x, g, None)
+    assert layer.ops.flat(gW).shape[-2] < layer.ops.n_rows(g)  # the dW path is the one taken
+    for name in ("P", "Q"):
+        torch.testing.assert_close(from_dW[name], batch_side[name], rtol=1e-12, atol=1e-12)
