@@ -25,7 +25,7 @@ from .style import PALETTE, figure, save
 
 PRESETS = {  # D outputs; teachers with M hidden units (student K = M); N, seeds, time
     "tiny": dict(D=2, Ms=(1, 2), N=100, seeds=(0,), t_end=3.0, n_t=4, eta=0.5),
-    "quick": dict(D=4, Ms=(2, 4), N=400, seeds=(0, 1, 2), t_end=80.0, n_t=21, eta=0.5),
+    "quick": dict(D=4, Ms=(2, 4), N=300, seeds=(0, 1, 2), t_end=80.0, n_t=21, eta=0.5),
     "full": dict(D=4, Ms=(2, 4), N=2000, seeds=(0, 1, 2, 3, 4), t_end=120.0, n_t=41, eta=0.5),
 }
 VARIANTS = {"fixed": ("fixed", "fixed"), "oja": ("oja", "aligned")}

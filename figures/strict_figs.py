@@ -24,7 +24,7 @@ RANKS = {"quick": [1, 4, 16], "full": [1, 2, 4, 8, 16, 32], "tiny": [1, 4]}
 # the residual conv net (sim/models.py ResNet): stem conv, 2x2 max-pool, residual blocks, mean pool
 RESNET = dict(model="resnet", data="fashion-mnist", epochs=2, batch_size=128, optimizer="adam", lr=1e-3,
               clip_rank=True, model_options={"width": 16, "depth": 2})
-RESNET_PRESET = {"quick": {"train_subset": 10000, "model_options": {"pool": 4}},
+RESNET_PRESET = {"quick": {"train_subset": 8000, "model_options": {"pool": 4}},
                  "full": {"model_options": {"width": 32, "depth": 4}, "epochs": 5},
                  "tiny": mlp_figs.PRESET_SETTINGS["tiny"]}
 RESNET_COST = {"quick": 11.0, "full": 400.0, "tiny": 2.0}
