@@ -76,7 +76,8 @@ COST = {"mlp": {"quick": 3.5, "full": 7.0, "tiny": 1.5}, "cnn": {"quick": 8.0, "
 _SLOW_RULES = {"dtp": 2.0, "ddtp": 4.0}
 
 
-def _config(preset: str, seed: int, suite: str, rule_kw: dict) -> dict:
+def run_config(preset: str, seed: int, suite: str, rule_kw: dict) -> dict:
+    """The training configuration of one run of ``suite`` (settings, preset, rule, seed)."""
     spec = SUITES[suite]
     return {**spec["settings"], **spec.get(preset, {}), **PRESET_SETTINGS[preset], **rule_kw, "seed": seed}
 
@@ -92,7 +93,7 @@ def _label(suite: str, config: dict) -> str:
 
 def train_job(preset: str, seed: int, suite: str = "mlp", **rule_kw) -> Job:
     """The training run of ``suite`` with ``rule_kw`` (rule, rank, ...) and ``seed``."""
-    config = _config(preset, seed, suite, rule_kw)
+    config = run_config(preset, seed, suite, rule_kw)
     kind = "mlp-train" if suite == "mlp" else f"{suite}-train"
     cost = COST[suite][preset] * _SLOW_RULES.get(config["rule"], 1.0)
     return Job(kind, config, _train, label=_label(suite, config), cost=cost, fields=("test_acc", "history"))
@@ -119,7 +120,7 @@ def _first_layer(model) -> np.ndarray:
 
 def init_job(preset: str, seed: int, **rule_kw) -> Job:
     """The MLP's first-layer weights at initialisation for the run ``train_job(preset, seed, **rule_kw)``."""
-    config = _config(preset, seed, "mlp", rule_kw)
+    config = run_config(preset, seed, "mlp", rule_kw)
     return Job("mlp-init", config, _init, label="init " + _label("mlp", config), cost=1.5)
 
 
@@ -170,7 +171,7 @@ def accuracy_vs_rank(preset: str, out_dir, store: Store | None = None, suite: st
     store = store or Store()
     spec = SUITES[suite]
     ranks = spec["ranks"][preset]
-    subset = _config(preset, 0, suite, {"rule": "bp"}).get("train_subset")
+    subset = run_config(preset, 0, suite, {"rule": "bp"}).get("train_subset")
     title = spec["title"] + (f", {subset:,} training images" if subset else "")
     data = {"title": title, "ranks": ranks, "seeds": SEEDS[preset], "classes": 10,
             "variants": {label: [_runs(store, preset, suite, rank=r, **kw) for r in ranks]

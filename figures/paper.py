@@ -125,7 +125,7 @@ def _images(n: int | None) -> str:
 def _setup(preset: str) -> dict:
     """The training setups of ``preset`` as phrases, read from the experiment definitions."""
     out = {}
-    mlp = mlp_figs._config(preset, 0, "mlp", {})
+    mlp = mlp_figs.run_config(preset, 0, "mlp", {})
     out["MlpSetup"] = (f"{'-'.join(map(str, (784, *mlp['hidden'], 10)))}, "
                        f"{mlp['model_options']['activation']}, {_images(mlp.get('train_subset'))}, "
                        + (f"{mlp['steps']} steps" if "steps" in mlp else f"{in_words(mlp['epochs'])} epochs"))
