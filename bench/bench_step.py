@@ -20,7 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from resnet18 import resnet18
+from resnet18 import resnet18, source
 
 from ldfa.sim import models
 from ldfa.sim.feedback import Rule
@@ -126,7 +126,7 @@ def main():
         times = bench(name, device, args.repeats, args.resnet_steps if name == "resnet18" else args.steps)
         base = statistics.median(times["bp"])
         if name == "resnet18":
-            name = f"resnet18 ({resnet18(10)[1]}, {RESNET['size']} px, batch {RESNET['batch']})"
+            name = f"resnet18 ({source()}, {RESNET['size']} px, batch {RESNET['batch']})"
         print(f"\n{name}: ms per step (min / median / max) and ratio of medians to bp")
         for rule, ts in times.items():
             ratios = [t / base for t in ts]

@@ -48,11 +48,21 @@ class ResNet18(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def resnet18(classes: int = 1000) -> tuple[nn.Module, str]:
-    """(model with random weights, where it came from)."""
+def _torchvision_resnet18():
     try:
         from torchvision.models import resnet18 as tv_resnet18
-
-        return tv_resnet18(weights=None, num_classes=classes), "torchvision"
     except Exception:  # not installed, or a build that does not load with this torch
-        return ResNet18(classes), "replica of torchvision's resnet18"
+        return None
+    return tv_resnet18
+
+
+def source() -> str:
+    """Where :func:`resnet18` takes its model from."""
+    return "torchvision" if _torchvision_resnet18() else "replica of torchvision's resnet18"
+
+
+def resnet18(classes: int = 1000) -> tuple[nn.Module, str]:
+    """(model with random weights, where it came from)."""
+    tv_resnet18 = _torchvision_resnet18()
+    model = tv_resnet18(weights=None, num_classes=classes) if tv_resnet18 else ResNet18(classes)
+    return model, source()

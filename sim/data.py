@@ -115,16 +115,21 @@ def load_idx(images_path, labels_path, hint: str = IDX_HINT) -> tuple[torch.Tens
                            f"{images_path}; {hint}")
     labels = labels.to(torch.int64)
     if key is not None:
-        while len(_IDX_CACHE) >= _IDX_CACHE_SIZE:
-            _IDX_CACHE.pop(next(iter(_IDX_CACHE)))
-        _IDX_CACHE[key] = (images.clone(), labels.clone())
+        _remember(_IDX_CACHE, key, (images.clone(), labels.clone()))
     return images, labels
 
 
 # decoded IDX files of this process, keyed by path, size, modification time and inode of both
 # files (a figure worker trains many runs on the same files; gunzip + parse is ~0.5 s a split)
 _IDX_CACHE: dict = {}
-_IDX_CACHE_SIZE = 4
+_CACHE_SIZE = 4  # entries per cache: the train and test splits of two data sets
+
+
+def _remember(cache: dict, key, value) -> None:
+    """cache[key] = value, dropping the oldest entries beyond _CACHE_SIZE."""
+    while len(cache) >= _CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 def _file_key(*paths: Path):
@@ -406,15 +411,13 @@ def _idx_image_dataset(name: str, root, split: str, flatten: bool, reader) -> Da
     try:
         files = [_idx_file(Path(root), sp, kind, "") for sp in SPLITS for kind in ("images", "labels")]
     except (DatasetError, OSError):
-        files = None  # reading reports the problem
-    key = (name, split, flatten, _file_key(*files)) if files else None
-    if key is None or key[-1] is None or key not in _DATASET_CACHE:
-        ds = image_dataset(reader, split, flatten, 10, name)
-        if key is None or key[-1] is None:
-            return ds
-        while len(_DATASET_CACHE) >= _IDX_CACHE_SIZE:
-            _DATASET_CACHE.pop(next(iter(_DATASET_CACHE)))
-        _DATASET_CACHE[key] = ds
+        files = None
+    stat = _file_key(*files) if files else None
+    if stat is None:  # missing or unreadable files: reading reports the problem
+        return image_dataset(reader, split, flatten, 10, name)
+    key = (name, split, flatten, stat)
+    if key not in _DATASET_CACHE:
+        _remember(_DATASET_CACHE, key, image_dataset(reader, split, flatten, 10, name))
     ds = _DATASET_CACHE[key]
     return dataclasses.replace(ds, x=ds.x.clone(), y=ds.y.clone())
 
