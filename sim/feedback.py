@@ -297,7 +297,7 @@ class LowDim(Rule):
         if self.p_rule == "oja":
             # ΔP = η ⟨z δᵀ - z zᵀ P⟩ with δ = b·g the per-example error (batch-mean loss over
             # b examples; every position of a conv map and every token counts as a sample)
-            out["P"] = oja_grad(P, ops.cross(z, g), ops.cross(z, z), ops.n_rows(g), ops.batch_size(g))
+            out["P"] = oja_grad(P, ops.cross(z, g), ops.n_rows(g), ops.batch_size(g))
         elif self.p_rule == "kp" and from_gW:  # ΔP = Q_w ΔWᵀ (theory: Qᵀ ΔWᵀ)
             out["P"] = Qf @ ops.flat(gW).mT
         elif self.p_rule == "kp":  # the same on the batch side: Σ (Q_w x) gᵀ
@@ -320,11 +320,12 @@ class LowDim(Rule):
         return out
 
 
-def oja_grad(P, zg, zz, rows: int, batch: int):
-    """P.grad of Oja's subspace rule, ΔP = η ⟨z δᵀ - z zᵀ P⟩ over ``rows`` samples, from the sums
-    zg = Σ z gᵀ and zz = Σ z zᵀ (z = P g), with the per-example error δ = batch·g (the loss is a
-    mean over ``batch`` examples)."""
-    return -(zg - zz @ P) * (batch**2 / rows)
+def oja_grad(P, zg, rows: int, batch: int):
+    """P.grad of Oja's subspace rule, ΔP = η ⟨z δᵀ - z zᵀ P⟩ over ``rows`` samples, from the sum
+    zg = Σ z gᵀ (z = P g), with the per-example error δ = batch·g (the loss is a mean over
+    ``batch`` examples). Σ z zᵀ = P (Σ g gᵀ) Pᵀ = zg Pᵀ is formed from zg (r x r), not from
+    another pass over the samples."""
+    return -(zg - (zg @ P.mT) @ P) * (batch**2 / rows)
 
 
 def svd_factors(W: torch.Tensor, r: int, ops):
@@ -467,7 +468,7 @@ class DirectLowDim(DFA):
         if not (layer.is_output and self.p_rule == "oja"):
             return {}
         z = g @ layer.P.mT
-        return {"P": oja_grad(layer.P, z.mT @ g, z.mT @ z, g.shape[0], g.shape[0])}
+        return {"P": oja_grad(layer.P, z.mT @ g, g.shape[0], g.shape[0])}
 
 
 # -- the registry: theory name -> fast implementation ----------------------------------

@@ -314,6 +314,31 @@ def test_cross_products_equal_the_row_matrices():
     assert torch.allclose(bat.cross(a, b)[1], a[1].T @ b[1], atol=1e-5) and bat.n_rows(a) == 5
 
 
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
+def test_im2col_weight_gradient_equals_the_convolution_one(stride, padding, dilation):
+    """On deep, small maps (C_in·k·k at least 256 x the output positions) the conv weight
+    gradient is one im2col product; it equals conv2d_weight, alone and in the fused backward
+    (which then sends Mᵀg through conv2d_input)."""
+    from torch.nn.grad import conv2d_input, conv2d_weight
+
+    from ldfa.sim.ops import ConvOps
+
+    gen = torch.Generator().manual_seed(0)
+    ops = ConvOps((stride,) * 2, (padding,) * 2, (dilation,) * 2, 1)
+    x = torch.randn(5, 300, 3, 3, generator=gen, dtype=torch.float64)
+    W = torch.randn(7, 300, 3, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn_like(ops.forward(x, W, None))
+    assert ops.im2col_faster(x, g, W.shape)
+    want = conv2d_weight(x, W.shape, g, ops.stride, ops.padding, ops.dilation)
+    torch.testing.assert_close(ops.weight_grad(x, g, W.shape), want, rtol=1e-12, atol=1e-12)
+    gx, gW, gb = ops.fused_backward(x, g, W, True, True)
+    torch.testing.assert_close(gW, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, conv2d_input(x.shape, W, g, ops.stride, ops.padding, ops.dilation))
+    torch.testing.assert_close(gb, g.sum((0, 2, 3)))
+    big = torch.randn(5, 300, 40, 40, dtype=torch.float64)  # large maps: oneDNN's kernel
+    assert not ops.im2col_faster(big, torch.randn_like(ops.forward(big, W, None)), W.shape)
+
+
 @pytest.mark.parametrize("rule", ["bp", "fa", "kp", "sign"])
 def test_fused_conv_backward_equals_the_separate_products(rule):
     """Rules that send Bᵀg through a full matrix get Bᵀg and Σ g xᵀ from one fused call on
