@@ -339,6 +339,25 @@ def test_im2col_weight_gradient_equals_the_convolution_one(stride, padding, dila
     assert not ops.im2col_faster(big, torch.randn_like(ops.forward(big, W, None)), W.shape)
 
 
+@pytest.mark.parametrize("side,kernel,stride,padding,dilation",
+                         [(9, 3, 2, 1, 1), (10, 3, 2, 1, 1), (7, 1, 2, 0, 1), (11, 3, 1, 2, 2), (12, 7, 2, 3, 1)])
+def test_compressed_expansion_equals_the_input_gradient(side, kernel, stride, padding, dilation):
+    """Q_wᵀ z for an error z of fewer channels than the layer's input (the transposed convolution
+    ld expands with) equals conv2d_input, including sizes where the stride leaves a remainder."""
+    from torch.nn.grad import conv2d_input
+
+    from ldfa.sim.ops import ConvOps
+
+    gen = torch.Generator().manual_seed(1)
+    ops = ConvOps(stride, padding, dilation, 1)
+    x = torch.randn(3, 12, side, side, generator=gen, dtype=torch.float64)
+    Q = torch.randn(4, 12, kernel, kernel, generator=gen, dtype=torch.float64)
+    z = torch.randn_like(ops.forward(x, Q, None))
+    got = ops.input_grad(z, Q, x.shape)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, conv2d_input(x.shape, Q, z, ops.stride, ops.padding, ops.dilation))
+
+
 @pytest.mark.parametrize("rule", ["bp", "fa", "kp", "sign"])
 def test_fused_conv_backward_equals_the_separate_products(rule):
     """Rules that send Bᵀg through a full matrix get Bᵀg and Σ g xᵀ from one fused call on
