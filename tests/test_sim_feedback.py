@@ -339,8 +339,8 @@ def test_im2col_weight_gradient_equals_the_convolution_one(stride, padding, dila
     assert not ops.im2col_faster(big, torch.randn_like(ops.forward(big, W, None)), W.shape)
 
 
-@pytest.mark.parametrize("side,kernel,stride,padding,dilation",
-                         [(9, 3, 2, 1, 1), (10, 3, 2, 1, 1), (7, 1, 2, 0, 1), (11, 3, 1, 2, 2), (12, 7, 2, 3, 1)])
+@pytest.mark.parametrize("side,kernel,stride,padding,dilation", [
+    (9, 3, 2, 1, 1), (10, 3, 2, 1, 1), (7, 1, 2, 0, 1), (11, 3, 1, 2, 2), (12, 7, 2, 3, 1)])
 def test_compressed_expansion_equals_the_input_gradient(side, kernel, stride, padding, dilation):
     """Q_wᵀ z for an error z of fewer channels than the layer's input (the transposed convolution
     ld expands with) equals conv2d_input, including sizes where the stride leaves a remainder."""
