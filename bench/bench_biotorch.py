@@ -1,4 +1,4 @@
-"""Benchmark: our fa and dfa against biotorch 0.0.16's, step time relative to bp, in one run.
+"""Benchmark: our fa, dfa and ld against biotorch 0.0.16's, step time relative to bp, in one run.
 biotorch is an optional bench dependency, never a runtime one:
 
     pip install --no-deps biotorch==0.0.16
@@ -26,8 +26,8 @@ def mlp():
     return models.MLP([784, 2048, 2048, 2048, 10])
 
 
-def ours(rule):
-    model = convert(mlp(), rule)
+def ours(rule, **kw):
+    model = convert(mlp(), rule, **kw)
 
     def step(x, y, opt):
         opt.zero_grad(set_to_none=True)
@@ -60,6 +60,7 @@ def main():
         sys.exit("biotorch is not installed: pip install --no-deps biotorch==0.0.16")
     x, y = torch.randn(256, 784), torch.randint(0, 10, (256,))
     setups = {"bp": ours("bp"), "ldfa fa": ours("fa"), "ldfa dfa": ours("dfa"),
+              "ldfa ld r=10": ours("ld", rank=10, p_rule="fixed", q_rule="fixed"),
               "biotorch fa": biotorch_rule("fa"), "biotorch dfa": biotorch_rule("dfa")}
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4) for k, (m, _) in setups.items()}
     for k, (_, step) in setups.items():
@@ -71,12 +72,14 @@ def main():
             for _ in range(args.steps):
                 step(x, y, opts[k])
             times[k].append((time.perf_counter() - t0) / args.steps)
-    base = statistics.median(times["bp"])
     print(f"MLP 784-2048x3-10, batch 256, {torch.get_num_threads()} CPU threads; ms per step "
-          "(min / median / max), ratio of medians to bp")
+          "(min / median / max); ratio to bp and to biotorch's fa and dfa: medians over repeats "
+          "of the ratio within a repeat (paired)")
     for k, ts in times.items():
+        paired = {ref: statistics.median(t / r for t, r in zip(ts, times[ref]))
+                  for ref in ("bp", "biotorch fa", "biotorch dfa")}
         print(f"  {k:<14}{1e3 * min(ts):8.1f}{1e3 * statistics.median(ts):8.1f}{1e3 * max(ts):8.1f}"
-              f"   x{statistics.median(ts) / base:.3f}")
+              + "".join(f"   x{v:.3f} of {ref}" for ref, v in paired.items()))
 
 
 if __name__ == "__main__":

@@ -204,12 +204,25 @@ def test_oja_P_converges_to_top_error_subspace():
     torch.testing.assert_close(P @ P.t(), torch.eye(2), atol=0.05, rtol=0)
 
 
-@pytest.mark.parametrize("make", [tiny_mlp, tiny_conv])
+def deep_small_conv():
+    """Deep, small maps with more output channels than samples: kp's products are formed on the
+    batch side (Q_w x and Σ z xᵀ), and the weight gradients are im2col products."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 120, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Conv2d(120, 40, 3, padding=1), nn.Flatten(), nn.Linear(40 * 2 * 2, 4))
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_conv, deep_small_conv])
 def test_ld_kp_grads_are_the_forward_update_seen_through_the_other_factor(make):
     """docs/rules.md, kp factors: ΔQ = ΔWᵀ Pᵀ and ΔP = Qᵀ ΔWᵀ (weight orientation:
     Q_w.grad = P gW, P.grad = Q_w gWᵀ)."""
     model = convert(make(), "ld", rank=2, p_rule="kp", q_rule="kp", seed=3)
-    x = X if make is tiny_mlp else torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(5))
+    side = 3 if make is deep_small_conv else 5
+    x = X if make is tiny_mlp else torch.randn(3, 2, side, side, generator=torch.Generator().manual_seed(5))
+    if make is deep_small_conv:
+        layer, h = model[2], torch.relu(model[0](x))
+        assert layer.ops.im2col_faster(h, layer(h), layer.weight.shape)
+        assert layer.weight.shape[0] > layer.ops.n_rows(layer(h))  # the batch side
     (model(x) * C).sum().backward()
     for _, layer in feedback_layers(model)[:-1]:
         gW = layer.weight.grad.reshape(layer.weight.shape[0], -1)
