@@ -1,6 +1,6 @@
 """Benchmark: training-step time of each rule relative to backprop, measured in one run.
 
-    python bench/bench_step.py [--device cpu|cuda] [--repeats 7] [--steps 10]
+    python bench/bench_step.py [--device cpu|cuda] [--precision fp32|bf16] [--repeats 7] [--steps 10]
 
 Models: an MLP 784-2048-2048-2048-10 (batch 256), the conv net (batch 128, 28x28) and
 ResNet-18 (bench/resnet18.py: torchvision's when it loads, else a replica of it; random init,
@@ -88,15 +88,30 @@ def make(name: str, rule_kw: dict, device):
     return model, opt, x.to(device), y.to(device)
 
 
+AUTOCAST = {"dtype": None}  # --precision bf16: the forward under torch.autocast
+
+
 def step(model, opt, x, y):
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with torch.autocast(x.device.type, dtype=AUTOCAST["dtype"], enabled=AUTOCAST["dtype"] is not None):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
     opt.step()
 
 
-def sync(device):
+def timed(device, run) -> float:
+    """Seconds that ``run()`` takes: CUDA events on a GPU (the device's own clock, no host
+    overhead in the count), else the host's perf_counter."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
 
 
 def bench(name: str, device, repeats: int, steps: int) -> dict:
@@ -106,12 +121,7 @@ def bench(name: str, device, repeats: int, steps: int) -> dict:
     times = {rule: [] for rule in RULES}
     for _ in range(repeats):
         for rule, s in setups.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step(*s)
-            sync(device)
-            times[rule].append((time.perf_counter() - t0) / steps)
+            times[rule].append(timed(device, lambda s=s: [step(*s) for _ in range(steps)]) / steps)
     return times
 
 
@@ -126,13 +136,17 @@ def main():
     ap.add_argument("--resnet-steps", type=int, default=2,
                     help="steps per repeat for ResNet-18 (~0.5 s each)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: forward under torch.autocast (the feedback layers' backward runs in fp32)")
     args = ap.parse_args()
+    AUTOCAST["dtype"] = torch.bfloat16 if args.precision == "bf16" else None
     if args.threads:
         torch.set_num_threads(args.threads)
     RESNET.update(size=args.resnet_size, batch=args.resnet_batch)
     device = torch.device(args.device)
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {device}, "
-          f"torch {torch.__version__}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    print(f"machine: {where}, {torch.get_num_threads()} torch threads, device {device}, "
+          f"torch {torch.__version__}, {args.precision}")
     for name in args.models.split(","):
         times = bench(name, device, args.repeats, args.resnet_steps if name == "resnet18" else args.steps)
         if name == "resnet18":
