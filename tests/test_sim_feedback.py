@@ -327,6 +327,31 @@ def test_cross_products_equal_the_row_matrices():
     assert torch.allclose(bat.cross(a, b)[1], a[1].T @ b[1], atol=1e-5) and bat.n_rows(a) == 5
 
 
+@pytest.mark.parametrize("n,m", [(2048, 784), (512, 4608), (64, 130), (100, 7)])
+def test_few_rows_products_equal_the_plain_ones_for_any_thread_count(n, m):
+    """few_rows_times(P, W) = P W and few_rows_times_t(Q, W) = Q Wᵀ (lowrank's and Kolen-Pollack's
+    skinny products, split over W's column or row blocks where a block size divides W), with the
+    same numbers for 1 and 2 threads."""
+    from ldfa.sim.ops import few_rows_times, few_rows_times_t
+
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    P = torch.randn(3, n, generator=gen, dtype=torch.float64)
+    Q = torch.randn(3, m, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(few_rows_times(P, W), P @ W, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(few_rows_times_t(Q, W), Q @ W.T, rtol=1e-12, atol=1e-12)
+    W32, P32, Q32 = W.float(), P.float(), Q.float()
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            results.append((few_rows_times(P32, W32), few_rows_times_t(Q32, W32)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
 def test_im2col_weight_gradient_equals_the_convolution_one(stride, padding, dilation):
     """On deep, small maps (C_in·k·k at least 256 x the output positions) the conv weight
