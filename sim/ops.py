@@ -16,12 +16,15 @@ kernel size, stride and padding.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 from torch.nn.modules.utils import _pair
 
 
+@functools.lru_cache(maxsize=None)
 def _column_block(m: int) -> int | None:
     """The widest block of at most 512 columns that splits m into two or more equal blocks
     (at least 64 wide), or None."""
