@@ -32,7 +32,7 @@ import torch
 
 from ..theory.errors import ConfigError
 from ..theory.rules import LD_DEFAULTS, SIGN_SCALINGS, RuleSpec
-from .ops import few_rows_times, few_rows_times_t
+from .ops import few_rows_times
 
 # theory name -> factory(spec, out_features) returning a Rule, or None where this fast path
 # does not cover the spec's options (the generic path then takes it)
@@ -300,13 +300,13 @@ class LowDim(Rule):
             # b examples; every position of a conv map and every token counts as a sample)
             out["P"] = oja_grad(P, ops.cross(z, g), ops.n_rows(g), ops.batch_size(g))
         elif self.p_rule == "kp" and from_gW:  # ΔP = Q_w ΔWᵀ (theory: Qᵀ ΔWᵀ)
-            out["P"] = few_rows_times_t(Qf, ops.flat(gW))
+            out["P"] = few_rows_times(Qf, ops.flat(gW).mT)
         elif self.p_rule == "kp":  # the same on the batch side: Σ (Q_w x) gᵀ
             y = ops.forward(x, self.q_weight(layer), None)
             out["P"] = ops.cross(y, g)
         elif self.p_rule == "lowrank":  # ∇P without forming QP - Wᵀ; Q_w Wᵀ from the forward if it made it
             QWt = (getattr(layer, "forward_products", None) or {}).get("QWt")
-            out["P"] = ((Qf @ Qf.mT) @ P - (few_rows_times_t(Qf, Wf) if QWt is None else QWt)) * scale
+            out["P"] = ((Qf @ Qf.mT) @ P - (few_rows_times(Qf, Wf.mT) if QWt is None else QWt)) * scale
         if self.q_rule == "kp" and from_gW:  # ΔQ_w = P ΔW
             out["Q"] = few_rows_times(P, ops.flat(gW)).reshape(layer.Q.shape)
         elif self.q_rule == "kp":  # the same on the batch side: Σ (P g) xᵀ

@@ -33,28 +33,19 @@ def _column_block(m: int) -> int | None:
 
 def few_rows_times(P, W):
     """P W for a few rows P (r x n) and a large 2-D W (n x m), e.g. lowrank's P W or
-    Kolen-Pollack's P ΔW. MKL's matrix product for r ≈ 10 rows runs far below memory bandwidth
-    on CPU; the same product as one batched product over W's column blocks (views, no copy)
-    takes 0.6-0.7 of its time (r = 10, 2 threads, W 2048 x 2048 or 512 x 4608). Each output
-    entry is still one dot product over all n rows, so the result does not depend on the
-    thread count."""
-    b = _column_block(W.shape[-1]) if P.dim() == W.dim() == 2 and W.is_contiguous() else None
+    Kolen-Pollack's P ΔW; W may be a transposed view (Q Wᵀ is ``few_rows_times(Q, W.mT)``).
+    MKL's matrix product for r ≈ 10 rows runs far below memory bandwidth on CPU; the same
+    product as one batched product over W's column blocks (views, no copy) takes 0.55-0.7 of
+    its time (r = 10, 2 threads, W 2048 x 2048 or 512 x 4608, either orientation). Each output
+    entry is still one dot product over all n rows, so the result does not depend on the thread
+    count."""
+    laid_out = W.is_contiguous() or W.mT.is_contiguous()
+    b = _column_block(W.shape[-1]) if P.dim() == W.dim() == 2 and laid_out else None
     if b is None or W.device.type != "cpu":
         return P @ W
-    n, m = W.shape
-    blocks = W.view(n, m // b, b).transpose(0, 1)  # (m/b, n, b)
+    m = W.shape[1]
+    blocks = W.unflatten(1, (m // b, b)).transpose(0, 1)  # (m/b, n, b)
     return torch.bmm(P.expand(m // b, *P.shape), blocks).transpose(0, 1).reshape(P.shape[0], m)
-
-
-def few_rows_times_t(Q, W):
-    """Q Wᵀ for a few rows Q (r x m) and a large 2-D W (n x m), as :func:`few_rows_times`
-    with W's row blocks (0.55-0.6 of the plain product's time at the same sizes)."""
-    b = _column_block(W.shape[-2]) if Q.dim() == W.dim() == 2 and W.is_contiguous() else None
-    if b is None or W.device.type != "cpu":
-        return Q @ W.mT
-    n, m = W.shape
-    blocks = W.view(n // b, b, m).mT  # (n/b, m, b)
-    return torch.bmm(Q.expand(n // b, *Q.shape), blocks).transpose(0, 1).reshape(Q.shape[0], n)
 
 
 class LinearOps:

@@ -329,24 +329,24 @@ def test_cross_products_equal_the_row_matrices():
 
 @pytest.mark.parametrize("n,m", [(2048, 784), (512, 4608), (64, 130), (100, 7)])
 def test_few_rows_products_equal_the_plain_ones_for_any_thread_count(n, m):
-    """few_rows_times(P, W) = P W and few_rows_times_t(Q, W) = Q Wᵀ (lowrank's and Kolen-Pollack's
+    """few_rows_times(P, W) = P W and few_rows_times(Q, Wᵀ) = Q Wᵀ (lowrank's and Kolen-Pollack's
     skinny products, split over W's column or row blocks where a block size divides W), with the
     same numbers for 1 and 2 threads."""
-    from ldfa.sim.ops import few_rows_times, few_rows_times_t
+    from ldfa.sim.ops import few_rows_times
 
     gen = torch.Generator().manual_seed(0)
     W = torch.randn(n, m, generator=gen, dtype=torch.float64)
     P = torch.randn(3, n, generator=gen, dtype=torch.float64)
     Q = torch.randn(3, m, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(few_rows_times(P, W), P @ W, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(few_rows_times_t(Q, W), Q @ W.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(few_rows_times(Q, W.T), Q @ W.T, rtol=1e-12, atol=1e-12)
     W32, P32, Q32 = W.float(), P.float(), Q.float()
     threads = torch.get_num_threads()
     try:
         results = []
         for t in (1, 2):
             torch.set_num_threads(t)
-            results.append((few_rows_times(P32, W32), few_rows_times_t(Q32, W32)))
+            results.append((few_rows_times(P32, W32), few_rows_times(Q32, W32.T)))
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*results))
