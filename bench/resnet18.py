@@ -9,6 +9,8 @@ have no bias. 20 Conv2d and 1 Linear layer, 11.7 M parameters at 1000 classes.
 
 from __future__ import annotations
 
+import functools
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -48,7 +50,10 @@ class ResNet18(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+@functools.lru_cache(maxsize=None)
 def _torchvision_resnet18():
+    """torchvision's resnet18 constructor, or None (looked up once: a failed import is retried
+    by Python on every attempt)."""
     try:
         from torchvision.models import resnet18 as tv_resnet18
     except Exception:  # not installed, or a build that does not load with this torch
