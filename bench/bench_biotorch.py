@@ -4,18 +4,21 @@ biotorch is an optional bench dependency, never a runtime one:
     pip install --no-deps biotorch==0.0.16
     python bench/bench_biotorch.py [--repeats 7] [--steps 5]
 
-MLP 784-2048-2048-2048-10, batch 256, SGD; rules interleaved within each repeat.
+MLP 784-2048-2048-2048-10, batch 256, SGD; rules interleaved within each repeat, in a shuffled
+order; the heap held steady (bench/allocator.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from allocator import steady
 
 from ldfa.sim import models
 from ldfa.sim.layers import convert
@@ -53,7 +56,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--allocator", choices=("steady", "system"), default="steady",
+                    help="steady: glibc's heap reused alike by every rule (bench/allocator.py)")
     args = ap.parse_args()
+    heap = steady() if args.allocator == "steady" else "system allocator"
     try:
         import biotorch  # noqa: F401
     except ImportError:
@@ -66,15 +72,17 @@ def main():
     for k, (_, step) in setups.items():
         step(x, y, opts[k])  # warm-up
     times = {k: [] for k in setups}
+    order = random.Random(0)  # a new order each repeat: no rule always follows the same one
     for _ in range(args.repeats):
-        for k, (_, step) in setups.items():
+        for k in order.sample(list(setups), len(setups)):
+            step = setups[k][1]
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 step(x, y, opts[k])
             times[k].append((time.perf_counter() - t0) / args.steps)
     print(f"MLP 784-2048x3-10, batch 256, {torch.get_num_threads()} CPU threads; ms per step "
           "(min / median / max); ratio to bp and to biotorch's fa and dfa: medians over repeats "
-          "of the ratio within a repeat (paired)")
+          "of the ratio within a repeat (paired)\n" + heap)
     for k, ts in times.items():
         paired = {ref: statistics.median(t / r for t, r in zip(ts, times[ref]))
                   for ref in ("bp", "biotorch fa", "biotorch dfa")}

@@ -6,21 +6,26 @@ Models: an MLP 784-2048-2048-2048-10 (batch 256), the conv net (batch 128, 28x28
 ResNet-18 (bench/resnet18.py: torchvision's when it loads, else a replica of it; random init,
 1000 classes, ``--resnet-size`` px, ``--resnet-batch``), chosen with ``--models``.
 Each repeat times ``steps`` SGD steps of every rule back to back (interleaved, so slow
-drift of the machine hits all rules alike); the ratio is the median over repeats of
+drift of the machine hits all rules alike), in an order shuffled anew each repeat (seeded), so
+that no rule always follows the same one; the ratio is the median over repeats of
 rule / bp within the same repeat (paired, so drift between repeats cancels).
 "floor" is bp without its input-gradient products (every layer below gets a zero error):
-the least any rule that skips Wᵀg can cost on this machine.
+the least any rule that skips Wᵀg can cost on this machine. The heap is held steady
+(bench/allocator.py) unless ``--allocator system``: page faults would otherwise fall on
+whichever rule glibc's allocation history picks.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from allocator import steady
 from resnet18 import resnet18, source
 
 from ldfa.sim import models
@@ -119,8 +124,10 @@ def bench(name: str, device, repeats: int, steps: int) -> dict:
     for s in setups.values():  # warm-up
         step(*s)
     times = {rule: [] for rule in RULES}
+    order = random.Random(0)
     for _ in range(repeats):
-        for rule, s in setups.items():
+        for rule in order.sample(list(setups), len(setups)):
+            s = setups[rule]
             times[rule].append(timed(device, lambda s=s: [step(*s) for _ in range(steps)]) / steps)
     return times
 
@@ -138,7 +145,10 @@ def main():
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: forward under torch.autocast (the feedback layers' backward runs in fp32)")
+    ap.add_argument("--allocator", choices=("steady", "system"), default="steady",
+                    help="steady: glibc's heap reused alike by every rule (bench/allocator.py)")
     args = ap.parse_args()
+    heap = steady() if args.allocator == "steady" else "system allocator"
     AUTOCAST["dtype"] = torch.bfloat16 if args.precision == "bf16" else None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,7 +156,7 @@ def main():
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     print(f"machine: {where}, {torch.get_num_threads()} torch threads, device {device}, "
-          f"torch {torch.__version__}, {args.precision}")
+          f"torch {torch.__version__}, {args.precision}\n{heap}")
     for name in args.models.split(","):
         times = bench(name, device, args.repeats, args.resnet_steps if name == "resnet18" else args.steps)
         if name == "resnet18":
