@@ -355,8 +355,8 @@ def test_few_rows_products_equal_the_plain_ones_for_any_thread_count(n, m):
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
 def test_im2col_weight_gradient_equals_the_convolution_one(stride, padding, dilation):
     """On deep, small maps (C_in·k·k at least 256 x the output positions) the conv weight
-    gradient is one im2col product; it equals conv2d_weight, alone and in the fused backward
-    (which then sends Mᵀg through conv2d_input)."""
+    gradient alone is one im2col product; it equals conv2d_weight, and so does the fused backward
+    (autograd's own convolution backward, with Mᵀg and Σ g)."""
     from torch.nn.grad import conv2d_input, conv2d_weight
 
     from ldfa.sim.ops import ConvOps
