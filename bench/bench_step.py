@@ -57,10 +57,9 @@ class NoInputProduct(Rule):
 
 
 class ThroughLayer(Rule):
-    """bp computed by ldfa's feedback layers instead of autograd: Wᵀg, Σ g xᵀ and Σ g with the
-    kernels every other rule's layer uses (on CPU, the im2col weight gradient of ops.ConvOps
-    where oneDNN's is slow). Same gradients as bp; it shows how much of a rule's ratio comes
-    from those kernels rather than from skipping Wᵀg."""
+    """bp computed by ldfa's feedback layers instead of autograd: the same gradients from the same
+    kernels (for a convolution, the one fused convolution-backward call), through the layers'
+    autograd Function. It shows what the layers' own machinery costs every rule."""
 
     name = "bp-layer"
 
