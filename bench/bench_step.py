@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from allocator import steady
 from resnet18 import resnet18, source
+from stats import median_interval, paired_ratios
 
 from ldfa.sim import models
 from ldfa.sim.feedback import Rule
@@ -161,11 +162,12 @@ def main():
         if name == "resnet18":
             name = f"resnet18 ({source()}, {RESNET['size']} px, batch {RESNET['batch']})"
         print(f"\n{name}: ms per step (min / median / max); ratio to bp: median over repeats of "
-              f"(rule / bp of the same repeat), and its range")
+              f"(rule / bp of the same repeat), a 95% bootstrap interval for it, and the range")
         for rule, ts in times.items():
-            ratios = [t / b for t, b in zip(ts, times["bp"])]
+            ratios = paired_ratios(ts, times["bp"])
+            low, high = median_interval(ratios)
             print(f"  {rule:<26}{1e3 * min(ts):8.2f}{1e3 * statistics.median(ts):8.2f}"
-                  f"{1e3 * max(ts):8.2f}   x{statistics.median(ratios):.3f} "
+                  f"{1e3 * max(ts):8.2f}   x{statistics.median(ratios):.3f} [{low:.3f}-{high:.3f}] "
                   f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 
