@@ -40,3 +40,14 @@ def steady() -> str:
     if not ok:
         return f"glibc {version} (mallopt refused: allocator left as it is)"
     return f"glibc {version}, blocks up to {MMAP_THRESHOLD_MAX >> 20} MiB from the reused heap, no trim"
+
+
+def add_option(parser) -> None:
+    """The benchmarks' ``--allocator steady|system`` option (steady by default)."""
+    parser.add_argument("--allocator", choices=("steady", "system"), default="steady",
+                        help="steady: glibc's heap reused alike by every rule (bench/allocator.py)")
+
+
+def from_option(choice: str) -> str:
+    """Apply ``--allocator``: :func:`steady` for "steady"; returns the line for the header."""
+    return steady() if choice == "steady" else "system allocator"

@@ -16,9 +16,10 @@ import statistics
 import sys
 import time
 
+import allocator
 import torch
 import torch.nn.functional as F
-from allocator import steady
+from stats import paired_ratios
 
 from ldfa.sim import models
 from ldfa.sim.layers import convert
@@ -56,10 +57,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--allocator", choices=("steady", "system"), default="steady",
-                    help="steady: glibc's heap reused alike by every rule (bench/allocator.py)")
+    allocator.add_option(ap)
     args = ap.parse_args()
-    heap = steady() if args.allocator == "steady" else "system allocator"
+    heap = allocator.from_option(args.allocator)
     try:
         import biotorch  # noqa: F401
     except ImportError:
@@ -84,7 +84,7 @@ def main():
           "(min / median / max); ratio to bp and to biotorch's fa and dfa: medians over repeats "
           "of the ratio within a repeat (paired)\n" + heap)
     for k, ts in times.items():
-        paired = {ref: statistics.median(t / r for t, r in zip(ts, times[ref]))
+        paired = {ref: statistics.median(paired_ratios(ts, times[ref]))
                   for ref in ("bp", "biotorch fa", "biotorch dfa")}
         print(f"  {k:<14}{1e3 * min(ts):8.1f}{1e3 * statistics.median(ts):8.1f}{1e3 * max(ts):8.1f}"
               + "".join(f"   x{v:.3f} of {ref}" for ref, v in paired.items()))

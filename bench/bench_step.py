@@ -23,9 +23,9 @@ import random
 import statistics
 import time
 
+import allocator
 import torch
 import torch.nn.functional as F
-from allocator import steady
 from resnet18 import resnet18, source
 from stats import median_interval, paired_ratios
 
@@ -145,10 +145,9 @@ def main():
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: forward under torch.autocast (the feedback layers' backward runs in fp32)")
-    ap.add_argument("--allocator", choices=("steady", "system"), default="steady",
-                    help="steady: glibc's heap reused alike by every rule (bench/allocator.py)")
+    allocator.add_option(ap)
     args = ap.parse_args()
-    heap = steady() if args.allocator == "steady" else "system allocator"
+    heap = allocator.from_option(args.allocator)
     AUTOCAST["dtype"] = torch.bfloat16 if args.precision == "bf16" else None
     if args.threads:
         torch.set_num_threads(args.threads)
