@@ -47,14 +47,17 @@ RULES = {
 
 
 class NoInputProduct(Rule):
-    """Timing floor, not a learning rule: every layer below gets a zero error (an expanded
-    scalar, no memory), so the step is bp minus its Wᵀg products: forward, weight gradients,
-    activation and pooling backward, optimizer. No rule that skips Wᵀg can be cheaper."""
+    """Timing floor, not a learning rule: every layer below gets a zero error, so the step is bp
+    minus its Wᵀg products: forward, weight gradients, activation and pooling backward, optimizer.
+    No rule that skips Wᵀg can be cheaper. The zero error is dense and laid out like the layer's
+    input, as any rule's error is (one memset): an expanded scalar would send the pooling and
+    activation backward down other kernels, faster than a real error's in plain layout and
+    ~5x slower in channels-last."""
 
     name = "floor"
 
     def input_grad(self, layer, x, g):
-        return x.new_zeros(()).expand(x.shape)
+        return torch.zeros_like(x)
 
 
 class ThroughLayer(Rule):
@@ -89,10 +92,14 @@ def make(name: str, rule_kw: dict, device):
     else:
         convert(model, **rule_kw, clip_rank="rank" in rule_kw, input_shape=tuple(x.shape[1:]))
     model.to(device)
+    if LAYOUT["channels_last"] and x.dim() == 4:  # --channels-last: weights and images NHWC
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     return model, opt, x.to(device), y.to(device)
 
 
+LAYOUT = {"channels_last": False}
 AUTOCAST = {"dtype": None}  # --precision bf16: the forward under torch.autocast
 
 
@@ -145,8 +152,11 @@ def main():
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: forward under torch.autocast (the feedback layers' backward runs in fp32)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="conv models' weights and images in channels-last layout (every rule)")
     allocator.add_option(ap)
     args = ap.parse_args()
+    LAYOUT["channels_last"] = args.channels_last
     heap = allocator.from_option(args.allocator)
     AUTOCAST["dtype"] = torch.bfloat16 if args.precision == "bf16" else None
     if args.threads:
@@ -155,7 +165,8 @@ def main():
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     print(f"machine: {where}, {torch.get_num_threads()} torch threads, device {device}, "
-          f"torch {torch.__version__}, {args.precision}\n{heap}")
+          f"torch {torch.__version__}, {args.precision}"
+          f"{', channels-last' if args.channels_last else ''}\n{heap}")
     for name in args.models.split(","):
         times = bench(name, device, args.repeats, args.resnet_steps if name == "resnet18" else args.steps)
         if name == "resnet18":

@@ -90,7 +90,7 @@ class Rule:
         return layer.weight
 
     def input_grad(self, layer, x, g):
-        return layer.ops.input_grad(g, self.feedback_weight(layer), x.shape)
+        return layer.ops.input_grad(g, self.feedback_weight(layer), x)
 
     def grads(self, layer, x, g, gW) -> dict:
         return {}
@@ -268,7 +268,7 @@ class LowDim(Rule):
         if not need_input:  # the first layer: z only if P's or Q's own update needs it (grads)
             return None, self.grads(layer, x, g, gW)
         z = layer.ops.compress(g, layer.P)
-        return layer.ops.input_grad(z, self.q_weight(layer), x.shape), self.grads(layer, x, g, gW, z)
+        return layer.ops.input_grad(z, self.q_weight(layer), x), self.grads(layer, x, g, gW, z)
 
     def input_grad(self, layer, x, g):
         return self.backward(layer, x, g, None, True)[0]

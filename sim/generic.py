@@ -331,7 +331,7 @@ class GenericRule(Rule):
                 gx = _to_input_shape(layer.direct.e @ B.mT, x)
             else:
                 Bw = to_weight_orientation("feedback", B).reshape(layer.weight.shape)
-                gx = layer.ops.input_grad(g, Bw, x.shape)
+                gx = layer.ops.input_grad(g, Bw, x)
         grads = {}
         for name, expr in flows.items():
             value = -evaluate(expr, env) * self.scales.get(name, 1.0)

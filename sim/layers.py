@@ -108,7 +108,7 @@ class FeedbackLayer(nn.Module):
         """Per-layer diagnostics of this backward (only when ``track`` is set)."""
         stats = {}
         if gx is not None:
-            bp = self.ops.input_grad(g, self.weight, x.shape)
+            bp = self.ops.input_grad(g, self.weight, x)
             stats["angle_delta"] = angle(gx, bp)  # delivered error vs the bp error, this layer
         B = self.rule.feedback_weight(self) if not self.rule.direct else None
         if B is not None:

@@ -24,6 +24,12 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from torch.nn.modules.utils import _pair
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """True if x is laid out channels-last (and not also plain contiguous, as a 1-channel
+    or 1x1 map is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 @functools.lru_cache(maxsize=None)
 def _column_block(m: int) -> int | None:
     """The widest block of at most 512 columns that splits m into two or more equal blocks
@@ -62,7 +68,7 @@ class LinearOps:
     def bias_grad(self, g):
         return g.reshape(-1, g.shape[-1]).sum(0)
 
-    def input_grad(self, g, M, x_shape):
+    def input_grad(self, g, M, x):
         return g.matmul(M)
 
     def compress(self, g, P):
@@ -151,9 +157,17 @@ class ConvOps:
         return F.conv2d(x, W, b, self.stride, self.padding, self.dilation, self.groups)
 
     def weight_grad(self, x, g, shape):
-        """Σ over examples and positions of g xᵀ (the im2col product where that is faster)."""
+        """Σ over examples and positions of g xᵀ (the im2col product where that is faster). In a
+        channels-last model the kernel runs channels-last and the result is laid out so:
+        torch's conv2d_weight would otherwise pick the plain layout from its placeholder weight
+        (a first layer's one-channel input is both) and copy g into it."""
         if self.im2col_faster(x, g, shape):
             return self.im2col_weight_grad(x, g, shape)
+        if _channels_last(x) or _channels_last(g):
+            like = torch.empty(shape, dtype=g.dtype, device=g.device, memory_format=torch.channels_last)
+            return torch.ops.aten.convolution_backward(
+                g, x, like, None, self.stride, self.padding, self.dilation, False, [0, 0], self.groups,
+                [False, True, False])[1]
         return conv2d_weight(x, shape, g, self.stride, self.padding, self.dilation, self.groups)
 
     # an output position's patch (C_in·k·k numbers) this many times larger than the number of
@@ -188,20 +202,20 @@ class ConvOps:
     def bias_grad(self, g):
         return g.sum((0, 2, 3))
 
-    def input_grad(self, g, M, x_shape):
-        """Mᵀg as a transposed convolution. An error compressed to fewer channels than the layer
-        has inputs (ld: z = P g with r channels, M = Q_w) is expanded on CPU by oneDNN's forward
-        transposed convolution in channels-last layout, ~1.3x faster than the convolution's
-        input-gradient kernel at ResNet-18 sizes with r = 10 (the result is made contiguous
-        again, one copy)."""
+    def input_grad(self, g, M, x):
+        """Mᵀg as a transposed convolution, shaped like the layer's input x. An error compressed to
+        fewer channels than the layer has inputs (ld: z = P g with r channels, M = Q_w) is expanded
+        on CPU by oneDNN's forward transposed convolution in channels-last layout, ~1.3x faster
+        than the convolution's input-gradient kernel at ResNet-18 sizes with r = 10; the result
+        keeps x's layout (a channels-last model gets it as it is, others after one copy)."""
         if g.device.type == "cpu" and g.dim() == 4 and g.shape[1] < M.shape[1]:
             cl = torch.channels_last
-            extra = [x_shape[i + 2] - ((g.shape[i + 2] - 1) * self.stride[i] - 2 * self.padding[i]
+            extra = [x.shape[i + 2] - ((g.shape[i + 2] - 1) * self.stride[i] - 2 * self.padding[i]
                                        + self.dilation[i] * (M.shape[i + 2] - 1) + 1) for i in (0, 1)]
-            return F.conv_transpose2d(g.contiguous(memory_format=cl), M.contiguous(memory_format=cl), None,
-                                      self.stride, self.padding, extra, self.groups,
-                                      self.dilation).contiguous()
-        return conv2d_input(x_shape, M, g, self.stride, self.padding, self.dilation, self.groups)
+            gx = F.conv_transpose2d(g.contiguous(memory_format=cl), M.contiguous(memory_format=cl), None,
+                                    self.stride, self.padding, extra, self.groups, self.dilation)
+            return gx if _channels_last(x) else gx.contiguous()
+        return conv2d_input(x.shape, M, g, self.stride, self.padding, self.dilation, self.groups)
 
     def compress(self, g, P):
         """z = P g at every position (a 1x1 convolution), as one batched matrix product

@@ -377,6 +377,51 @@ def test_im2col_weight_gradient_equals_the_convolution_one(stride, padding, dila
     assert not ops.im2col_faster(big, torch.randn_like(ops.forward(big, W, None)), W.shape)
 
 
+@pytest.mark.parametrize("in_channels", [1, 6])
+def test_channels_last_weight_gradient_is_channels_last(in_channels):
+    """In a channels-last model the weight gradient equals conv2d_weight's and comes out laid out
+    like the weight, also on a first layer whose one-channel input is plain and channels-last
+    at once (conv2d_weight alone would take the plain layout and copy the error into it)."""
+    from torch.nn.grad import conv2d_weight
+
+    from ldfa.sim.ops import ConvOps
+
+    gen = torch.Generator().manual_seed(2)
+    ops = ConvOps(1, 1, 1, 1)
+    cl = torch.channels_last
+    x = torch.randn(4, in_channels, 9, 9, generator=gen).contiguous(memory_format=cl)
+    W = torch.randn(8, in_channels, 3, 3, generator=gen)
+    g = torch.randn(4, 8, 9, 9, generator=gen).contiguous(memory_format=cl)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        got = ops.weight_grad(x, g, W.shape)
+    assert got.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(got, conv2d_weight(x.contiguous(), W.shape, g.contiguous(), 1, 1))
+    if torch.backends.mkldnn.is_available():  # oneDNN's kernel takes g as it is laid out
+        copies = [e.input_shapes for e in prof.events() if e.name == "aten::copy_"]
+        assert not [s for s in copies if s and s[0] == list(g.shape)], copies
+
+
+@pytest.mark.parametrize("rule", [dict(rule="ld", rank=3, p_rule="oja", q_rule="kp"), dict(rule="fa")])
+def test_channels_last_model_has_the_plain_layout_gradients(rule):
+    """A conv net converted to channels-last layout gets the same gradients under a feedback rule
+    as in plain layout."""
+    from ldfa.sim import models
+    from ldfa.sim.layers import convert
+
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        model = models.ConvNet(in_channels=1, image_size=12, channels=(6, 8), hidden=16)
+        convert(model, **rule)
+        model.to(memory_format=layout)
+        x = torch.randn(5, 1, 12, 12).contiguous(memory_format=layout)
+        torch.nn.functional.cross_entropy(model(x), torch.arange(5)).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("side,kernel,stride,padding,dilation", [
     (9, 3, 2, 1, 1), (10, 3, 2, 1, 1), (7, 1, 2, 0, 1), (11, 3, 1, 2, 2), (12, 7, 2, 3, 1)])
 def test_compressed_expansion_equals_the_input_gradient(side, kernel, stride, padding, dilation):
@@ -391,9 +436,14 @@ def test_compressed_expansion_equals_the_input_gradient(side, kernel, stride, pa
     x = torch.randn(3, 12, side, side, generator=gen, dtype=torch.float64)
     Q = torch.randn(4, 12, kernel, kernel, generator=gen, dtype=torch.float64)
     z = torch.randn_like(ops.forward(x, Q, None))
-    got = ops.input_grad(z, Q, x.shape)
+    want = conv2d_input(x.shape, Q, z, ops.stride, ops.padding, ops.dilation)
+    got = ops.input_grad(z, Q, x)
     assert got.is_contiguous()
-    torch.testing.assert_close(got, conv2d_input(x.shape, Q, z, ops.stride, ops.padding, ops.dilation))
+    torch.testing.assert_close(got, want)
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # a channels-last model: no copy back
+    got_cl = ops.input_grad(z, Q, x_cl)
+    assert got_cl.is_contiguous(memory_format=torch.channels_last) and not got_cl.is_contiguous()
+    torch.testing.assert_close(got_cl, want)
 
 
 @pytest.mark.parametrize("rule", ["bp", "fa", "kp", "sign"])
