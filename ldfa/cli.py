@@ -603,8 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--threads", type=THREADS, help="torch CPU threads")
     p.add_argument("--channels-last", action="store_true",
-                   help="conv weights and image batches in channels-last layout (on a CPU the cnn's "
-                        "steps were 1.5x faster so)")
+                   help="conv weights and image batches in channels-last layout (on a CPU often "
+                        "faster for conv nets; docs/benchmarks.md)")
     p.add_argument("--log-every", type=_int_in(1, MAX_COUNT), default=100)
     p.add_argument("--out", default="runs/train")
     p.add_argument("--name", type=_stem, help="file stem")

@@ -165,9 +165,7 @@ class ConvOps:
             return self.im2col_weight_grad(x, g, shape)
         if _channels_last(x) or _channels_last(g):
             like = torch.empty(shape, dtype=g.dtype, device=g.device, memory_format=torch.channels_last)
-            return torch.ops.aten.convolution_backward(
-                g, x, like, None, self.stride, self.padding, self.dilation, False, [0, 0], self.groups,
-                [False, True, False])[1]
+            return self.fused_backward(x, g, like, need_input=False, need_bias=False)[1]
         return conv2d_weight(x, shape, g, self.stride, self.padding, self.dilation, self.groups)
 
     # an output position's patch (C_in·k·k numbers) this many times larger than the number of
