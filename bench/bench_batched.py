@@ -6,17 +6,16 @@ vs a Python loop over the seeds, for several mini-batch sizes.
 
 from __future__ import annotations
 
-import argparse
-
+import options
 import torch
 
 from ldfa.sim.batched import time_batched_vs_loop
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = options.parser(__doc__)
+    ap.add_argument("--steps", type=options.COUNT, default=50)
+    ap.add_argument("--repeats", type=options.COUNT, default=3)
     args = ap.parse_args()
     x, y = torch.randn(2000, 100), torch.randn(2000, 10)
     print(f"64 seeds, 100-100-10 linear, bp, SGD, {args.steps} steps, {torch.get_num_threads()} threads")

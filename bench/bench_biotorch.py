@@ -10,13 +10,13 @@ order; the heap held steady (bench/allocator.py).
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
 import time
 
 import allocator
+import options
 import torch
 import torch.nn.functional as F
 from stats import paired_ratios
@@ -54,9 +54,9 @@ def biotorch_rule(mode):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=5)
+    ap = options.parser(__doc__)
+    ap.add_argument("--repeats", type=options.COUNT, default=7)
+    ap.add_argument("--steps", type=options.COUNT, default=5)
     allocator.add_option(ap)
     args = ap.parse_args()
     heap = allocator.from_option(args.allocator)

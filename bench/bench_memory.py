@@ -17,6 +17,8 @@ import statistics
 import subprocess
 import sys
 
+import options
+
 RULES = {"bp": dict(rule="bp"), "fa": dict(rule="fa"), "dfa": dict(rule="dfa"),
          "ld r=10 (fixed, fixed)": dict(rule="ld", rank=10, p_rule="fixed", q_rule="fixed"),
          "ld r=10 (oja, kp)": dict(rule="ld", rank=10, p_rule="oja", q_rule="kp"),
@@ -68,12 +70,12 @@ def measure(rule_kw: dict, device: str, model_name: str = "mlp", size: int = 224
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = options.parser(__doc__)
+    ap.add_argument("--device", type=options.torch_device, default="cpu")
+    ap.add_argument("--repeats", type=options.COUNT, default=5)
     ap.add_argument("--model", choices=("mlp", "resnet18"), default="mlp")
-    ap.add_argument("--size", type=int, default=224, help="ResNet-18 image side (px)")
-    ap.add_argument("--batch", type=int, default=4, help="ResNet-18 batch")
+    ap.add_argument("--size", type=options.COUNT, default=224, help="ResNet-18 image side (px)")
+    ap.add_argument("--batch", type=options.COUNT, default=4, help="ResNet-18 batch")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one rule in this process
     args = ap.parse_args()
     model = (args.model, args.size, args.batch)

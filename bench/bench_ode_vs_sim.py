@@ -12,12 +12,13 @@ so its error is linear in η: the step that meets ``--target`` is found from a r
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
+import options
 import torch
 
+from ldfa.argtypes import float_in
 from ldfa.bridge.linear import simulate_config
 from ldfa.theory.config import TheoryConfig
 from ldfa.theory.integrate import integrate
@@ -35,8 +36,8 @@ def modes(traj):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", type=float, default=1e-3)
+    ap = options.parser(__doc__)
+    ap.add_argument("--target", type=float_in(0, 1, lo_allowed=False), default=1e-3)
     args = ap.parse_args()
     torch.set_num_threads(1)
     t = np.linspace(0, 6.0, 601)

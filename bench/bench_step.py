@@ -24,6 +24,7 @@ import statistics
 import time
 
 import allocator
+import options
 import torch
 import torch.nn.functional as F
 from resnet18 import resnet18, source
@@ -69,6 +70,16 @@ class ThroughLayer(Rule):
 
 
 RESNET = {"size": 64, "batch": 32}
+MODELS = ("mlp", "cnn", "resnet18")
+
+
+def model_list(text: str) -> list[str]:
+    """--models: comma-separated names from MODELS."""
+    names = [n.strip() for n in text.split(",")]
+    bad = [n for n in names if n not in MODELS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown model {bad[0]!r}; allowed: {', '.join(MODELS)}")
+    return names
 
 
 def make(name: str, rule_kw: dict, device):
@@ -83,7 +94,7 @@ def make(name: str, rule_kw: dict, device):
         model, classes = resnet18(1000)[0], 1000
         x = torch.randn(RESNET["batch"], 3, RESNET["size"], RESNET["size"])
     else:
-        raise SystemExit(f"--models: unknown model {name!r}; allowed: mlp, cnn, resnet18")
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
     y = torch.randint(0, classes, (x.shape[0],))
     if rule_kw["rule"] in ("floor", "bp-layer"):
         convert(model, "fa")
@@ -140,16 +151,18 @@ def bench(name: str, device, repeats: int, steps: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--models", default="mlp,cnn,resnet18")
-    ap.add_argument("--resnet-size", type=int, default=RESNET["size"], help="ResNet-18 image side (px)")
-    ap.add_argument("--resnet-batch", type=int, default=RESNET["batch"])
-    ap.add_argument("--resnet-steps", type=int, default=2,
+    ap = options.parser(__doc__)
+    ap.add_argument("--device", type=options.torch_device, default="cpu")
+    ap.add_argument("--repeats", type=options.COUNT, default=7)
+    ap.add_argument("--steps", type=options.COUNT, default=10)
+    ap.add_argument("--models", type=model_list, default=",".join(MODELS),
+                    help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--resnet-size", type=options.COUNT, default=RESNET["size"],
+                    help="ResNet-18 image side (px)")
+    ap.add_argument("--resnet-batch", type=options.COUNT, default=RESNET["batch"])
+    ap.add_argument("--resnet-steps", type=options.COUNT, default=2,
                     help="steps per repeat for ResNet-18 (~0.5 s each)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=options.THREADS, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="bf16: forward under torch.autocast (the feedback layers' backward runs in fp32)")
     ap.add_argument("--channels-last", action="store_true",
@@ -167,7 +180,7 @@ def main():
     print(f"machine: {where}, {torch.get_num_threads()} torch threads, device {device}, "
           f"torch {torch.__version__}, {args.precision}"
           f"{', channels-last' if args.channels_last else ''}\n{heap}")
-    for name in args.models.split(","):
+    for name in args.models:
         times = bench(name, device, args.repeats, args.resnet_steps if name == "resnet18" else args.steps)
         if name == "resnet18":
             name = f"resnet18 ({source()}, {RESNET['size']} px, batch {RESNET['batch']})"

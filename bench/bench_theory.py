@@ -3,10 +3,11 @@
 Run: python bench/bench_theory.py [--repeats 3]. Prints min / median / max seconds per rule.
 """
 
-import argparse
 import platform
 import statistics
 import time
+
+import options
 
 from ldfa.theory.config import TheoryConfig
 from ldfa.theory.integrate import integrate
@@ -21,8 +22,8 @@ CONFIGS = {
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = options.parser(__doc__)
+    ap.add_argument("--repeats", type=options.COUNT, default=3)
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
     print(f"{'rule':<22}{'t_end':>8}{'final loss':>12}{'min s':>8}{'median s':>10}{'max s':>8}")

@@ -13,6 +13,24 @@ import sys
 import time
 from pathlib import Path
 
+from ldfa.argtypes import (
+    MAX_COUNT,
+    MAX_DIM,
+    MAX_LAYERS,
+    MAX_POINTS,
+    MAX_WIDTH,
+    MAX_WORKERS,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    THREADS,
+    Parser,
+    device_name,
+    file_stem,
+    float_in,
+    int_in,
+    width_list,
+)
 from ldfa.errors import ConfigError
 
 
@@ -24,82 +42,6 @@ def _floats(text: str) -> tuple:
     if not all(math.isfinite(v) for v in values):
         raise ConfigError(f"--spectrum {text!r}: expected finite numbers, e.g. 5,4,3")
     return values
-
-
-# ---- argument checks: every value is checked when parsed, before anything is imported or run
-
-MAX_SEED = 2**63 - 1      # the largest seed torch and numpy both take
-MAX_LAYERS = 8            # symbolic derivation and the matrix ODEs grow fast with depth
-MAX_DIM = 4096            # widths of the theory's matrix ODEs
-MAX_WIDTH = 1 << 16       # widths and ranks of trained networks
-MAX_COUNT = 10**9         # steps, batch sizes, logging intervals
-MAX_POINTS = 100_000      # time points of a trajectory
-MAX_THREADS = 1024
-MAX_WORKERS = 256
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors ('ldfa train: error: argument --seed: ...', exit status 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else ''}\n")
-
-
-def _int_in(lo: int, hi: int):
-    """An argparse type: an integer lo <= n <= hi."""
-    def integer(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {lo}..{hi}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {lo}..{hi}")
-        return value
-    return integer
-
-
-def _float_in(lo: float, hi: float = math.inf, lo_allowed: bool = True):
-    """An argparse type: a finite number x with lo <= x (lo < x if not lo_allowed) and x < hi."""
-    where = f"{'>=' if lo_allowed else '>'} {lo:g}" + (f" and < {hi:g}" if math.isfinite(hi) else "")
-
-    def number(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number; allowed: {where}") from None
-        if not (math.isfinite(value) and (value >= lo if lo_allowed else value > lo) and value < hi):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: a finite number {where}")
-        return value
-    return number
-
-
-def _widths(text: str) -> tuple:
-    """An argparse type: comma-separated layer widths, e.g. 256,256."""
-    parts = text.split(",")
-    try:
-        widths = tuple(int(w) for w in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: need comma-separated integers, e.g. 256,256") from None
-    if not 1 <= len(widths) <= 64 or not all(1 <= w <= MAX_WIDTH for w in widths):
-        raise argparse.ArgumentTypeError(f"{text!r}: need 1 to 64 widths, each in 1..{MAX_WIDTH}")
-    return widths
-
-
-def _stem(text: str) -> str:
-    """An argparse type: a file stem (a name, not a path) for the files a command writes."""
-    bad = [c for c in text if c in "/\\" or ord(c) < 32 or c == "\x7f"]
-    if not text or len(text) > 200 or bad or text.startswith(".") or text.startswith("-"):
-        raise argparse.ArgumentTypeError(f"{text!r}: need a file name (1-200 characters, no '/', '\\' "
-                                         "or control characters, not starting with '.' or '-')")
-    return text
-
-
-def _device(text: str) -> str:
-    """An argparse type: cpu, cuda or cuda:N."""
-    kind, sep, index = text.partition(":")
-    if kind not in ("cpu", "cuda") or (sep and (kind == "cpu" or not index.isdigit() or len(index) > 3)):
-        raise argparse.ArgumentTypeError(f"{text!r}; allowed: cpu, cuda, cuda:N")
-    return text
 
 
 def _writable_file(flag: str, path) -> Path:
@@ -120,10 +62,6 @@ def _writable_file(flag: str, path) -> Path:
     return path
 
 
-SEED = _int_in(0, MAX_SEED)
-THREADS = _int_in(1, MAX_THREADS)
-POSITIVE = _float_in(0, lo_allowed=False)
-NON_NEGATIVE = _float_in(0)
 
 
 # library parameter names (in ConfigError messages) -> this command line's flags
@@ -177,7 +115,7 @@ def _factor_flags(p):
 def _rule_args(p):
     p.add_argument("rule", help=_rule_help())
     _factor_flags(p)
-    p.add_argument("--layers", type=_int_in(2, MAX_LAYERS), default=2,
+    p.add_argument("--layers", type=int_in(2, MAX_LAYERS), default=2,
                    help="number of weight layers L (default 2)")
     p.add_argument("--direct", action="store_true", help="direct variant: e sent to every layer")
 
@@ -515,11 +453,11 @@ class _TopHelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _command_parser(**kwargs) -> argparse.ArgumentParser:
-    return _Parser(formatter_class=_HelpFormatter, **kwargs)
+    return Parser(formatter_class=_HelpFormatter, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ldfa", description=DESCRIPTION, formatter_class=_TopHelpFormatter)
+    parser = Parser(prog="ldfa", description=DESCRIPTION, formatter_class=_TopHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_command_parser)
 
@@ -531,10 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("theory", help="integrate the ODEs of one configuration")
     _rule_args(p)
-    p.add_argument("--rank", type=_int_in(1, MAX_DIM), help="feedback rank r (ld rules), 1 <= r <= d")
-    p.add_argument("--n-in", type=_int_in(1, MAX_DIM), default=100)
-    p.add_argument("--hidden", type=_int_in(1, MAX_DIM), default=100)
-    p.add_argument("--n-out", type=_int_in(1, MAX_DIM), default=10, help="output dimension d")
+    p.add_argument("--rank", type=int_in(1, MAX_DIM), help="feedback rank r (ld rules), 1 <= r <= d")
+    p.add_argument("--n-in", type=int_in(1, MAX_DIM), default=100)
+    p.add_argument("--hidden", type=int_in(1, MAX_DIM), default=100)
+    p.add_argument("--n-out", type=int_in(1, MAX_DIM), default=10, help="output dimension d")
     p.add_argument("--spectrum", default="5,4,3,2,1", help="teacher singular values, e.g. 5,4,3")
     p.add_argument("--noise", type=NON_NEGATIVE, default=0.0, help="teacher output noise std σ")
     p.add_argument("--init", default="random", help="random, aligned, first-zero")
@@ -544,26 +482,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-p", type=POSITIVE, default=0.1)
     p.add_argument("--tau-q", type=POSITIVE, default=1.0)
     p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0)
-    p.add_argument("--t-max", type=_float_in(0, 1e9, lo_allowed=False),
+    p.add_argument("--t-max", type=float_in(0, 1e9, lo_allowed=False),
                    help="end time in units of τ (default: 3x slowest mode)")
-    p.add_argument("--points", type=_int_in(2, MAX_POINTS), default=201, help="number of time points")
+    p.add_argument("--points", type=int_in(2, MAX_POINTS), default=201, help="number of time points")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--modes", action="store_true", help="integrate the reduced per-mode ODEs")
     p.add_argument("--out", default="runs/theory", help="output folder")
-    p.add_argument("--name", type=_stem, help="file stem (default from the rule)")
+    p.add_argument("--name", type=file_stem, help="file stem (default from the rule)")
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.set_defaults(func=cmd_theory)
 
     p = sub.add_parser("train", help="train a network with a feedback rule (torch)")
     p.add_argument("--model", default="mlp", help="linear, mlp, cnn, vit")
-    p.add_argument("--hidden", type=_widths, default=(256, 256), help="hidden widths of linear/mlp models")
+    p.add_argument("--hidden", type=width_list, default=(256, 256), help="hidden widths of linear/mlp models")
     p.add_argument("--activation", help="mlp activation: relu, tanh, gelu")
     p.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist, mnist, cifar10, cifar100, linear-teacher, random-teacher")
     p.add_argument("--data-root", help="folder with the data set files")
     p.add_argument("--rule", default="bp",
                    help=_rule_help().replace("rule name;", "rule name (default bp; also dtp, ddtp);"))
-    p.add_argument("--rank", type=_int_in(1, MAX_WIDTH), help="feedback rank r (ld rules)")
+    p.add_argument("--rank", type=int_in(1, MAX_WIDTH), help="feedback rank r (ld rules)")
     _factor_flags(p)
     p.add_argument("--direct", action="store_true", help="direct variant (ld)")
     p.add_argument("--clip-rank", action="store_true",
@@ -577,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", default="usf", help="sign rule scaling: usf, brsf, frsf")
     p.add_argument("--factor-init", help="how ld's factors P, Q start: random or svd (default: the "
                                          "rule's; ldfa, ldfa-local: svd)")
-    p.add_argument("--inverse-iters", type=_int_in(1, 1000),
+    p.add_argument("--inverse-iters", type=int_in(1, 1000),
                    help="ddtp: iterations k >= 1 of the learned inverse (default 5)")
     p.add_argument("--tp-beta", type=POSITIVE,
                    help="dtp/ddtp output target step β (default 0.5 dtp, 0.01 ddtp)")
@@ -590,9 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "steering, linear probe, or full fine-tuning")
     p.add_argument("--backbone", help="pre-trained model file (from --save-model)")
     p.add_argument("--save-model", help="write the trained model's weights here (a backbone for --transfer)")
-    p.add_argument("--epochs", type=_float_in(0, 1e6, lo_allowed=False), default=1.0)
-    p.add_argument("--steps", type=_int_in(1, MAX_COUNT), help="number of steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=_int_in(1, MAX_COUNT), default=128)
+    p.add_argument("--epochs", type=float_in(0, 1e6, lo_allowed=False), default=1.0)
+    p.add_argument("--steps", type=int_in(1, MAX_COUNT), help="number of steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_COUNT), default=128)
     p.add_argument("--optimizer", default="adam", help="sgd, adam, adamw")
     p.add_argument("--lr", type=POSITIVE, default=1e-3)
     p.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0)
@@ -600,17 +538,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "with a lowrank factor under adam/adamw, else --lr)")
     p.add_argument("--clamp", type=POSITIVE, help="clamp every gradient elementwise to ±value")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--threads", type=THREADS, help="torch CPU threads")
     p.add_argument("--channels-last", action="store_true",
                    help="conv weights and image batches in channels-last layout (on a CPU often "
                         "faster for conv nets; docs/benchmarks.md)")
-    p.add_argument("--log-every", type=_int_in(1, MAX_COUNT), default=100)
+    p.add_argument("--log-every", type=int_in(1, MAX_COUNT), default=100)
     p.add_argument("--out", default="runs/train")
-    p.add_argument("--name", type=_stem, help="file stem")
+    p.add_argument("--name", type=file_stem, help="file stem")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--checkpoint", help="checkpoint file: saved during training, resumed from if present")
-    p.add_argument("--checkpoint-every", type=_int_in(1, MAX_COUNT), default=500,
+    p.add_argument("--checkpoint-every", type=int_in(1, MAX_COUNT), default=500,
                    help="steps between checkpoints")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
                    help="metrics log format (JSON lines are also written as training runs)")
@@ -622,10 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", help="check this rule instead: its matrix ODE against the simulated linear net "
                                   "from identical initial matrices (" + _rule_help() + ")")
     _factor_flags(p)
-    p.add_argument("--rank", type=_int_in(1, MAX_WIDTH),
+    p.add_argument("--rank", type=int_in(1, MAX_WIDTH),
                    help="feedback rank r (with --rule; rules with a bottleneck)")
     p.add_argument("--direct", action="store_true", help="direct variant (with --rule)")
-    p.add_argument("--layers", type=_int_in(2, MAX_LAYERS), default=2,
+    p.add_argument("--layers", type=int_in(2, MAX_LAYERS), default=2,
                    help="weight layers L (with --rule; default 2)")
     p.add_argument("--eta", type=POSITIVE, default=0.01, help="time step of the simulation (with --rule)")
     p.add_argument("--implementation", default="auto", help="auto, fast or generic (with --rule)")
@@ -645,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a grid of training runs into the results store")
     p.add_argument("config", help="JSON file: base, grid, include, store, workers")
     p.add_argument("--store", help="results store (default: the config's, else runs/store)")
-    p.add_argument("--workers", type=_int_in(1, MAX_WORKERS),
+    p.add_argument("--workers", type=int_in(1, MAX_WORKERS),
                    help="local processes (default: the config's, else 2)")
     p.add_argument("--executor", default="local", help="local, slurm (submitit), submitit-local")
     p.add_argument("--folder", default="runs/submitit", help="submitit log folder")
@@ -664,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", help="comma-separated ranks r (default 16,24,32,48,64; --tiny: 2,4)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; --tiny: 0)")
     p.add_argument("--epochs", type=float, help="epochs per run (default 250, --tiny 2); warm-up scales")
-    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N (under torchrun: cuda)")
+    p.add_argument("--device", type=device_name, default="cpu",
+                   help="cpu, cuda, cuda:N (under torchrun: cuda)")
     p.add_argument("--out", default="runs/reproduce", help="tables, figures, checkpoints, logs")
     p.add_argument("--store", help="results store (default OUT/store)")
     p.add_argument("--tiny", action="store_true", help="small ViT (width 32, depth 2), 2 epochs: a quick "
@@ -672,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="local (here; torchrun for several GPUs), slurm or "
                    "submitit-local (submitit)")
     p.add_argument("--partition", help="SLURM partition (executor slurm)")
-    p.add_argument("--checkpoint-every", type=_int_in(1, 10**9),
+    p.add_argument("--checkpoint-every", type=int_in(1, 10**9),
                    help="steps between checkpoints (default: one epoch; --tiny: 1)")
     p.add_argument("--precision", choices=("fp32", "bf16"), help="default bf16 on cuda, fp32 on cpu")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -696,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=THREADS,
                    help="torch CPU threads per run (default 1: small models run fastest on one; "
                         "recorded in the store key)")
-    p.add_argument("--workers", type=_int_in(1, MAX_WORKERS),
+    p.add_argument("--workers", type=int_in(1, MAX_WORKERS),
                    help="processes computing runs side by side (default: one per core / threads)")
     p.set_defaults(func=cmd_figures)
     return parser

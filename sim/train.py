@@ -135,7 +135,7 @@ class TrainConfig:
             opts = self.rule_options()
             resolve(self.rule, opts.pop("p_rule"), opts.pop("q_rule"), opts.pop("direct", False),
                     rank=opts.pop("rank"), **{k: v for k, v in opts.items() if k != "seed"})
-        _check_device(self.device)
+        check_device(self.device)
         if self.svd_reinit is not None:
             if not (isinstance(self.svd_reinit, (int, float)) and not isinstance(self.svd_reinit, bool)
                     and math.isfinite(self.svd_reinit) and self.svd_reinit > 0):
@@ -263,7 +263,7 @@ def _check_values(cfg) -> None:
         raise ConfigError(f"model_options={cfg.model_options!r}: must be an object of named options")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     """cpu, cuda or cuda:N with N an existing GPU."""
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
