@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -480,6 +481,24 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; what was logged up to then is kept."""
 
 
+@contextmanager
+def repeatable_kernels(device: str):
+    """On CUDA, cuDNN restricted to deterministic algorithms and no autotuning, so that the same
+    seed gives the same numbers on the same GPU (cuDNN's default convolution-backward algorithms
+    may add partial sums in a different order from one run to the next); the previous settings
+    come back on exit. The CPU's kernels repeat as they are: nothing changes there."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    old = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = old
+
+
 def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=None,
           checkpoint_every: int = 0) -> dict:
     """Train; append a JSON line per logging step to ``log_path``; return the summary.
@@ -487,10 +506,16 @@ def train(cfg: TrainConfig, log_path=None, progress: bool = True, checkpoint=Non
     With ``checkpoint`` (a path) the full state — model (W, B, P, Q), optimizer, data order
     and RNG states, history — is saved atomically every ``checkpoint_every`` steps, and a run
     started again with the same checkpoint resumes where it stopped, bit-identically on CPU;
-    the log is then cut back to the checkpoint's rows before new rows are appended.
+    the log is then cut back to the checkpoint's rows before new rows are appended. On a GPU
+    the run uses :func:`repeatable_kernels`.
     """
     if not _is_int(checkpoint_every) or checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 0 (0: never)")
+    with repeatable_kernels(cfg.device):
+        return _train(cfg, log_path, progress, checkpoint, checkpoint_every)
+
+
+def _train(cfg: TrainConfig, log_path, progress: bool, checkpoint, checkpoint_every: int) -> dict:
     model, train_set, test_set = build(cfg)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from test_sim_models_rules import MODELS, RULES
 
 from ldfa.sim.layers import convert
-from ldfa.sim.train import TrainConfig, train
+from ldfa.sim.train import TrainConfig, repeatable_kernels, train
 
 DEVICE = os.environ.get("LDFA_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
@@ -66,9 +66,14 @@ def test_device_gives_the_cpu_gradients(model_name, rule, kw):
 @pytest.mark.parametrize("rule,kw", [("bp", {}), ("ld", dict(rank=2, p_rule="oja", q_rule="kp")),
                                      ("ldfa", dict(rank=2)), ("dfa", {})])
 def test_conv_training_is_repeatable(rule, kw):
-    """Twenty SGD steps of the conv net from the same seed, twice: the same weights bit for bit
-    (what the results store assumes of a device: its key names the device, not the run)."""
+    """Twenty SGD steps of the conv net from the same seed, twice, with the settings train() uses
+    on the device (repeatable_kernels): the same weights bit for bit (what the results store
+    assumes of a device: its key names the device, not the run)."""
     def run():
+        with repeatable_kernels(DEVICE):
+            return steps()
+
+    def steps():
         torch.manual_seed(0)
         model = convert(MODELS["cnn"](), rule, clip_rank=True, **kw).to(DEVICE)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -95,3 +95,24 @@ def test_corrupt_dataset_file(tmp_path):
     labels.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x05"))
     with pytest.raises(datasets.DatasetError, match=str(images)):
         datasets.mnist(tmp_path, "test")
+
+
+def test_repeatable_kernels_on_cuda_only():
+    """On a CUDA device train() runs with cuDNN's deterministic algorithms and no autotuning,
+    and the caller's settings come back afterwards, also after an error; on the CPU nothing is
+    touched. (The flags can be read and set without a GPU; tests/test_cuda.py checks on a GPU
+    that training then repeats bit for bit.)"""
+    cudnn = torch.backends.cudnn
+    before = cudnn.deterministic, cudnn.benchmark
+    try:
+        cudnn.deterministic, cudnn.benchmark = False, True
+        with training.repeatable_kernels("cpu"):
+            assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        with training.repeatable_kernels("cuda:1"):
+            assert (cudnn.deterministic, cudnn.benchmark) == (True, False)
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        with pytest.raises(RuntimeError), training.repeatable_kernels("cuda"):
+            raise RuntimeError("inside")
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before
