@@ -31,6 +31,8 @@ def _run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedP
     ("bench_batched.py", ["--steps", "0"], "--steps: 0 is out of range"),
     ("bench_ode_vs_sim.py", ["--target", "0"], "--target: 0 is out of range; allowed: a finite number > 0"),
     ("bench_biotorch.py", ["--repeats", "0"], "--repeats: 0 is out of range"),
+    ("profile_step.py", ["--rules", "floor,ld"], "--rules: 'ld' matches ld r=10 (oja, kp), ld r=10 (fixed"),
+    ("profile_step.py", ["--rules", "nope"], "--rules: 'nope' matches no rule; allowed: bp; fa; dfa"),
 ])
 def test_bad_option_is_refused_in_one_line(script, args, named):
     res = _run(script, *args, timeout=120)
@@ -94,3 +96,20 @@ def test_reference_rows_compute_what_they_claim():
             torch.testing.assert_close(floor[name], g, rtol=1e-5, atol=1e-7)
         else:
             assert g.abs().max() > 0 and floor[name].abs().max() == 0, name
+
+
+def test_profile_lists_kernels_and_differences():
+    """profile_step.py on the conv net: each rule's kernel groups, then the second rule against the
+    first; ld's expansion (a convolution from r = 10 channels) shows up only in ld's profile and
+    as time ld adds over the floor."""
+    args = ["--model", "cnn", "--rules", "floor,fixed", "--steps", "1", "--threads", "1", "--top", "1000"]
+    res = _run("profile_step.py", *args)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    floor_part, ld_part, diff_part = (out.split("\nfloor: no input product:")[1].split("\nld r=10")[0],
+                                      out.split("\nld r=10 (fixed, fixed): ")[1].split("\nld r=10")[0],
+                                      out.split("against floor: no input product:")[1])
+    expansion = re.compile(r"convolution\s+128x10x14x14 10x32x3x3\s+([\d.]+)")
+    assert "convolution_backward" in floor_part and not expansion.search(floor_part)
+    assert float(expansion.search(ld_part).group(1)) > 0
+    assert re.search(r"convolution\s+128x10x14x14 10x32x3x3\s+\+[\d.]+", diff_part), diff_part
