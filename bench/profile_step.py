@@ -26,15 +26,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def rule_list(text: str) -> list[str]:
-    """--rules: comma-separated names of bench_step.RULES, or a part of one that matches it alone."""
+    """--rules: comma-separated rules of bench_step.RULES, each by its name, its first word (ldfa,
+    floor) or a part of its name that no other rule's has (oja, fixed)."""
     names = []
     for part in (p.strip() for p in text.split(",")):
-        matches = [name for name in bench_step.RULES if name == part] or \
-                  [name for name in bench_step.RULES if part and part in name]
+        matches = ([name for name in bench_step.RULES if name == part]
+                   or [name for name in bench_step.RULES if name.split()[0].rstrip(":") == part]
+                   or [name for name in bench_step.RULES if part and part in name])
         if len(matches) != 1:
             raise argparse.ArgumentTypeError(
                 f"{part!r} {'matches ' + ', '.join(matches) if matches else 'matches no rule'}; "
-                f"allowed: {'; '.join(bench_step.RULES)} (or a part of one)")
+                f"allowed: {'; '.join(bench_step.RULES)} (or its first word, or a part of its name)")
         names.append(matches[0])
     return names
 
